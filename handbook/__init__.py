@@ -1,0 +1,18 @@
+"""Companion package of the course *Generative Foundation Models, hands-on*.
+
+One module per chapter model, plus the shared parts every chapter uses:
+
+- ``handbook.shapeworld``  the course's generated data (images, captions, 3D shapes, 2D points)
+- ``handbook.device``      CPU by default, CUDA or MPS when present
+- ``handbook.training``    a small trainer: explicit loop, progress bar, EMA
+- ``handbook.checkpoints`` safetensors weights with a JSON manifest
+- ``handbook.zoo``         shipped checkpoints, loaded by name and re-trainable by one command
+- ``handbook.judge``       the ShapeWorld judge, a small CNN that scores generated images
+- ``handbook.metrics``     accuracy, PSNR, the ShapeWorld Frechet distance
+- ``handbook.plotting``    image grids and loss curves
+- ``handbook.widgets``     the ipywidgets explorers the chapters share
+- ``handbook.notebooks``   student notebooks generated from the solutions
+- ``handbook.bench``       the benchmark table
+"""
+
+__version__ = "0.1.0"

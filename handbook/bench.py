@@ -1,0 +1,191 @@
+"""The benchmark command: speed and quality figures beside the bar each issue sets.
+
+    python -m handbook.bench                 every part, then write the table
+    python -m handbook.bench --only judge    one part (the others keep their last figures)
+
+Writes ``benchmarks/results.json`` (a list of {"name", "value", "unit", "bar", "meets", ...}) and
+``benchmarks/RESULTS.md`` (the same as a table). Figures are medians over ``--repeats`` runs,
+because the machine is shared and noisy; tests never assert timings, this table does.
+
+A part is a function returning a list of ``Result``; a chapter adds its part to ``PARTS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT_DIR = ROOT / "benchmarks"
+# Notebook time limits set by the issues (seconds): chapter 1 has 60 s, every other chapter 90 s.
+NOTEBOOK_SECONDS_BAR = {"01": 60.0}
+DEFAULT_NOTEBOOK_SECONDS_BAR = 90.0
+SUITE_SECONDS_BAR = 20 * 60.0
+
+
+@dataclass
+class Result:
+    name: str            # "<part>.<figure>", e.g. "shapeworld.images_per_second"
+    value: float
+    unit: str
+    bar: str             # the issue's bar, e.g. ">= 2000"; "" where no bar is set
+    meets: bool | None   # None where there is no bar
+    detail: str = ""     # how it was measured
+    samples: list[float] = field(default_factory=list)
+
+
+def _meets(value: float, bar: str) -> bool | None:
+    if not bar:
+        return None
+    op, _, threshold = bar.partition(" ")
+    threshold = float(threshold)
+    return {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold, ">": value > threshold}[op]
+
+
+def result(name: str, samples: list[float], unit: str, bar: str = "", detail: str = "") -> Result:
+    value = float(statistics.median(samples))
+    return Result(name, round(value, 4), unit, bar, _meets(value, bar), detail, [round(s, 4) for s in samples])
+
+
+# ---- parts --------------------------------------------------------------------------------
+
+def bench_shapeworld(repeats: int) -> list[Result]:
+    from handbook import shapeworld
+
+    rates = [shapeworld.measure_images_per_second(n=2048, resolution=32, repeats=1) for _ in range(repeats)]
+    return [result("shapeworld.images_per_second", rates, "images/s", ">= 2000",
+                   f"render_batch of 2,048 mixed scenes at 32x32, median of {repeats}")]
+
+
+def bench_judge(repeats: int) -> list[Result]:
+    from handbook import metrics, shapeworld, zoo
+
+    judge = zoo.load("judge")
+    test = shapeworld.load_images("test", n=2000, resolution=32, seed=1)
+    scores = metrics.judge_accuracy(test.images, test.shape, test.colour, judge=judge)
+    manifest = zoo.manifest("judge")
+    return [
+        result("judge.test_accuracy", [scores["both"]], "fraction", ">= 0.98",
+               "shape and colour both right, 2,000 clean test renders"),
+        result("judge.shape_accuracy", [scores["shape"]], "fraction", "", "2,000 clean test renders"),
+        result("judge.colour_accuracy", [scores["colour"]], "fraction", "", "2,000 clean test renders"),
+        result("judge.training_seconds", [float(manifest.get("seconds", float("nan")))], "s", "",
+               "from the shipped manifest (python -m handbook.zoo train judge)"),
+    ]
+
+
+def time_notebook(path: Path, timeout: int = 600) -> float:
+    """Wall-clock seconds to execute a notebook top to bottom, as nbval and a student would."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(str(path), as_version=4)
+    # Student notebooks raise NotImplementedError in their unanswered exercises; that is expected.
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    client.execute()
+    return time.perf_counter() - start
+
+
+def bench_notebooks(repeats: int) -> list[Result]:
+    results = []
+    for folder, label in (("solutions", "notebook_seconds"), ("chapters", "student_notebook_seconds")):
+        for path in sorted((ROOT / folder).glob("*.ipynb")):
+            number = path.name[:2]
+            bar = NOTEBOOK_SECONDS_BAR.get(number, DEFAULT_NOTEBOOK_SECONDS_BAR)
+            samples = [time_notebook(path) for _ in range(repeats)]
+            results.append(result(f"ch{int(number)}.{label}", samples, "s", f"<= {bar:g}",
+                                  f"{folder}/{path.name} executed with nbclient, median of {repeats}"))
+    return results
+
+
+def bench_suite(repeats: int) -> list[Result]:
+    """The README's test command (minus the install step), timed once: CI's budget is 20 minutes."""
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT,
+                         capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    tail = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    return [result("suite.pytest_seconds", [seconds], "s", f"<= {SUITE_SECONDS_BAR:g}",
+                   f"python -m pytest (one run; exit {run.returncode}; {tail})")]
+
+
+PARTS: dict[str, Callable[[int], list[Result]]] = {
+    "shapeworld": bench_shapeworld,
+    "judge": bench_judge,
+    "notebooks": bench_notebooks,
+    "suite": bench_suite,
+}
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+def machine_description() -> str:
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def write_tables(results: list[dict], out_dir: Path = OUT_DIR) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `python -m handbook.bench` (medians; the machine is shared and noisy).",
+        "",
+        "| name | value | unit | bar | meets | how |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        meets = {True: "yes", False: "**no**", None: ""}[r["meets"]]
+        lines.append(f"| `{r['name']}` | {r['value']:g} | {r['unit']} | {r['bar']} | {meets} | "
+                     f"{r.get('detail', '')} ({r.get('date', '')}, {r.get('machine', '')}) |")
+    (out_dir / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run(parts: list[str], repeats: int, out_dir: Path = OUT_DIR) -> list[dict]:
+    """Run ``parts`` and merge their figures into the committed table (other parts are kept)."""
+    path = out_dir / "results.json"
+    table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    stamp = {"date": date.today().isoformat(), "machine": machine_description()}
+    for part in parts:
+        fresh = [dict(asdict(r), **stamp) for r in PARTS[part](repeats)]
+        for r in fresh:
+            print(f"{r['name']:<40} {r['value']:>12g} {r['unit']:<10} bar {r['bar'] or '-':<10} "
+                  f"{'' if r['meets'] is None else ('meets' if r['meets'] else 'MISSES')}", flush=True)
+        names = {r["name"] for r in fresh}
+        table = [r for r in table if r["name"] not in names and not r["name"].startswith(part + ".")] + fresh
+    order = {p: i for i, p in enumerate(PARTS)}
+    table.sort(key=lambda r: (order.get(r["name"].split(".")[0], len(order)), r["name"]))
+    write_tables(table, out_dir)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m handbook.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", choices=sorted(PARTS),
+                        help="run only this part (repeatable); default: every part")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats: expected a whole number >= 1")
+    run(args.only or list(PARTS), args.repeats)
+    print(f"wrote {OUT_DIR / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The benchmark table: figures merged by part, bars judged, both files written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from handbook import bench
+
+
+def test_meets_reads_the_bar():
+    assert bench._meets(2500, ">= 2000") is True
+    assert bench._meets(1999, ">= 2000") is False
+    assert bench._meets(61, "<= 60") is False
+    assert bench._meets(5, "") is None
+
+
+def test_result_is_the_median_of_the_samples():
+    r = bench.result("x.y", [3.0, 100.0, 1.0], "s", "<= 10")
+    assert r.value == 3.0 and r.meets is True and r.samples == [3.0, 100.0, 1.0]
+
+
+def test_run_merges_parts_and_writes_both_tables(tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def fake_fast(repeats):
+        calls["n"] += 1
+        return [bench.result("fake.speed", [float(calls["n"])] * repeats, "it/s", ">= 2")]
+
+    def fake_other(repeats):
+        return [bench.result("other.quality", [0.5], "fraction", ">= 0.9")]
+
+    monkeypatch.setattr(bench, "PARTS", {"fake": fake_fast, "other": fake_other})
+    bench.run(["fake", "other"], repeats=2, out_dir=tmp_path)
+    bench.run(["fake"], repeats=2, out_dir=tmp_path)  # re-running one part keeps the other
+    table = json.loads((tmp_path / "results.json").read_text())
+    assert [r["name"] for r in table] == ["fake.speed", "other.quality"]
+    assert table[0]["value"] == 2.0 and table[0]["meets"] is True
+    assert table[1]["meets"] is False
+    assert set(table[0]) >= {"name", "value", "unit", "bar", "meets"}
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "`fake.speed`" in md and "**no**" in md
+
+
+def test_repeats_must_be_positive():
+    with pytest.raises(SystemExit):
+        bench.main(["--repeats", "0"])
