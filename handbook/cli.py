@@ -19,6 +19,7 @@ COMMANDS = {
     "assign": ("handbook.notebooks_cli", "generate student notebooks (chapters/) from solutions/"),
     "zoo": ("handbook.zoo", "list, verify or retrain the shipped checkpoints"),
     "bench": ("handbook.bench", "measure speed and quality; write benchmarks/RESULTS.md"),
+    "grade": ("handbook.grading.cli", "grade submitted notebooks: gradebook, feedback, Gradescope results"),
 }
 
 
