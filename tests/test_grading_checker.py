@@ -490,3 +490,15 @@ def test_kernel_cannot_read_secrets_or_signal_the_checker(tmp_path, monkeypatch)
         seen = kernel.call("probe", (), {}, timeout=30)
     assert seen == {"env": False, "checker_env": "denied", "other_files": "denied",
                     "signal": "denied" if landlock.abi_version() >= 6 else "allowed", "own_status": "allowed"}
+
+
+def test_grading_seed_is_fixed_per_student_and_question_and_depends_on_the_secret():
+    from handbook.grading.checker import grading_seed
+
+    seed = grading_seed("solution-hash", "alice/01_introduction.ipynb", "ex1_kl_check")
+    assert seed == grading_seed("solution-hash", "alice/01_introduction.ipynb", "ex1_kl_check")
+    others = {grading_seed("solution-hash", "bob/01_introduction.ipynb", "ex1_kl_check"),
+              grading_seed("solution-hash", "alice/01_introduction.ipynb", "ex2_reparam_check"),
+              grading_seed("other-hash", "alice/01_introduction.ipynb", "ex1_kl_check")}
+    assert seed not in others and len(others) == 3
+    assert 0 <= seed < 2 ** 32

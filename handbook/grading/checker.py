@@ -138,7 +138,8 @@ class Chapter:
     questions: tuple[Question, ...]
     cells: tuple[RunCell, ...]
     functions: dict[str, str]   # name of a function the student writes -> grade_id of its answer cell
-    key: str                    # identifies the solution's code, for the reference cache
+    key: str                    # sha256 of the solution's code (hidden tests included): the reference
+                                # cache key, and the secret behind GRADING_SEED
 
     @classmethod
     def from_notebook(cls, solution: dict) -> "Chapter":
@@ -335,13 +336,26 @@ def _explain(error: StudentCodeError, chapter: Chapter, cell_errors: dict, limit
     return str(error)
 
 
+def grading_seed(secret: str, student: str, question: str) -> int:
+    """The seed of a check's hidden-test inputs: fixed per student and question, unguessable.
+
+    Hidden tests draw their inputs at grading time from ``GRADING_SEED``, so a hard-coded answer
+    cannot pass; deriving it from a secret the students never see (the hash of the solution's
+    code, hidden tests included) and from the student and question makes a re-run give the same
+    grades.
+    """
+    digest = hashlib.sha256("\0".join((secret, student, question)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 def run_check(question: Question, chapter: Chapter, reference: dict, kernel: SandboxedKernel,
-              limits: Limits, cell_errors: dict) -> dict:
+              limits: Limits, cell_errors: dict, student: str = "") -> dict:
     """Run one check cell here, with the student's functions bound to proxies."""
     if kernel.lost:
         return _result(question, "error", f"not graded: {kernel.lost}")
     budget = _Budget(limits.call_seconds)
     namespace = dict(reference)
+    namespace["GRADING_SEED"] = grading_seed(chapter.key, student, question.grade_id)
     namespace.update({name: StudentFunction(name, kernel, budget) for name in chapter.functions})
     filename = f"<check {question.grade_id}>"
     try:
@@ -407,7 +421,7 @@ def grade_notebook(solution_nb: dict, answers: dict, limits: Limits = Limits()) 
     return _grade(chapter, answers if isinstance(answers, dict) else {}, limits)[0]
 
 
-def _grade(chapter: Chapter, answers: dict, limits: Limits) -> tuple[list[dict], str]:
+def _grade(chapter: Chapter, answers: dict, limits: Limits, student: str = "") -> tuple[list[dict], str]:
     try:
         reference = reference_namespace(chapter)
     except ReferenceFailure as error:
@@ -415,7 +429,8 @@ def _grade(chapter: Chapter, answers: dict, limits: Limits) -> tuple[list[dict],
     try:
         with SandboxedKernel(limits.kernel(len(chapter.questions))) as kernel:
             cell_errors = run_student_notebook(chapter, answers, kernel, limits)
-            results = [run_check(q, chapter, reference, kernel, limits, cell_errors) for q in chapter.questions]
+            results = [run_check(q, chapter, reference, kernel, limits, cell_errors, student)
+                       for q in chapter.questions]
             return results, kernel.confinement
     except Exception as error:  # noqa: BLE001 - a grader failure must not stop the batch
         message = f"grader problem: {type(error).__name__}: {error}"
@@ -451,7 +466,8 @@ def grade_job(job: dict) -> dict:
         start = time.monotonic()
         submission = submission if isinstance(submission, dict) else {}
         answers = submission.get("answers")
-        questions, sandbox = _grade(chapter, answers if isinstance(answers, dict) else {}, limits)
+        student = submission.get("id") if isinstance(submission.get("id"), str) else ""
+        questions, sandbox = _grade(chapter, answers if isinstance(answers, dict) else {}, limits, student)
         echo = {k: v for k, v in submission.items() if k != "answers"}
         results.append({**echo, "questions": questions, "seconds": round(time.monotonic() - start, 2),
                         "sandbox": sandbox})

@@ -104,6 +104,8 @@ def run_checker(job: dict, timeout: float) -> dict:
             [sys.executable, *CHECKER_ARGS],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             cwd=workdir, start_new_session=True,
+            # Its temporary folders (a kernel's scratch) go inside workdir, removed even if it is killed.
+            env={**os.environ, "TMPDIR": workdir},
         )
         try:
             stdout, stderr = process.communicate(json.dumps(job).encode("utf-8"), timeout=timeout)
