@@ -137,10 +137,72 @@ def bench_suite(repeats: int) -> list[Result]:
                    f"python -m pytest (one run; exit {run.returncode}; {tail})")]
 
 
+GRADING_STUDENTS = 30
+GRADING_JOBS = 2
+GRADING_TIMEOUT_SECONDS = 40  # per notebook and per check; chapter 1 runs in ~5 s in the sandbox
+GRADING_SECONDS_BAR = 5 * 60.0
+
+
+def _grade_sample_batch(submissions: Path, out: Path) -> tuple[float, list[list[str]]]:
+    import csv
+
+    from handbook.grading.cli import grade_batch
+
+    summary = grade_batch(submissions, ROOT / "solutions", out, jobs=GRADING_JOBS,
+                          timeout=GRADING_TIMEOUT_SECONDS, progress=False)
+    with open(out / "grades.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return summary["seconds"], rows
+
+
+def bench_grading(repeats: int) -> list[Result]:
+    """30 chapter-1 submissions (good, wrong, hostile: see handbook.grading.sample_batch), -j 2, twice.
+
+    Two runs must give identical grades; each kind of student must get the score it deserves.
+    """
+    import tempfile
+
+    from handbook.grading import sample_batch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        kinds = sample_batch.write_batch(ROOT / "solutions" / "01_introduction.ipynb", tmp / "submissions",
+                                         GRADING_STUDENTS)
+        runs = [_grade_sample_batch(tmp / "submissions", tmp / f"out{i}") for i in range(max(2, repeats))]
+    seconds = [s for s, _ in runs]
+    rows = runs[0][1]
+    identical = all(r == rows for _, r in runs[1:])
+    # Automatic points per student, to check every kind got what it deserves.
+    header = rows[0]
+    col = {name: header.index(name) for name in ("student", "points", "max_points", "status")}
+    got, most = {}, {}
+    for row in rows[1:]:
+        if row[col["status"]] in ("manual", "missing") and row[col["max_points"]] and not row[col["points"]]:
+            continue  # written answers wait for the instructor
+        student = row[col["student"]]
+        got[student] = got.get(student, 0.0) + float(row[col["points"]] or 0)
+        most[student] = most.get(student, 0.0) + float(row[col["max_points"]] or 0)
+    wrong = []
+    for student, kind in kinds.items():
+        expected, fraction = sample_batch.EXPECTED[kind], got.get(student, 0.0) / max(most.get(student, 1.0), 1e-9)
+        ok = (0 < fraction < 1) if expected == "some" else fraction == expected
+        if not ok:
+            wrong.append(f"{student} scored {fraction:.2f}")
+    return [
+        result("grading.batch_seconds", seconds, "s", f"<= {GRADING_SECONDS_BAR:g}",
+               f"{GRADING_STUDENTS} chapter-1 submissions of {len(sample_batch.KINDS)} kinds, -j {GRADING_JOBS}, "
+               f"--timeout {GRADING_TIMEOUT_SECONDS}, median of {len(seconds)} runs"),
+        result("grading.identical_runs", [float(identical)], "bool", ">= 1", "grades.csv of the runs are identical"),
+        result("grading.kinds_scored_as_expected", [1.0 - len(wrong) / len(kinds)], "fraction", ">= 1",
+               "; ".join(wrong) or "every kind of student got the score it deserves"),
+    ]
+
+
 PARTS: dict[str, Callable[[int], list[Result]]] = {
     "shapeworld": bench_shapeworld,
     "judge": bench_judge,
     "notebooks": bench_notebooks,
+    "grading": bench_grading,
     "suite": bench_suite,
 }
 

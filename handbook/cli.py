@@ -1,6 +1,7 @@
 """The ``handbook`` command: one entry point for the course's tools.
 
     handbook assign [--check]        regenerate chapters/ from solutions/
+    handbook grade SUBMISSIONS ...   grade submitted notebooks (see handbook/grading/)
     handbook zoo list|verify|train   the shipped checkpoints
     handbook bench [--only PART]     the benchmark table (benchmarks/RESULTS.md)
 
