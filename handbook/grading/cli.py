@@ -45,8 +45,10 @@ from tqdm import tqdm
 from handbook.grading import report
 from handbook.grading.submissions import MAX_FILE_BYTES, Batch, Solution, Submission, discover, load_solutions
 
-DEFAULT_TIMEOUT = 300.0     # seconds to run one student notebook
-DEFAULT_CALL_SECONDS = 60.0  # seconds for one call of a student function by a check
+DEFAULT_TIMEOUT = 120.0     # seconds for one cell of a student notebook, and for one check's calls
+# The whole notebook gets this many cell limits: enough for every honest chapter, while one
+# looping cell costs only its own limit and the cells after it still run (and are graded).
+NOTEBOOK_TIMEOUT_FACTOR = 5
 DEFAULT_MEMORY_MB = 4096
 # A checker process builds the chapter's reference answers before its first submission; each
 # submission then starts a kernel, and each interrupted call may take a grace period.
@@ -282,7 +284,8 @@ def grade_batch(submissions_dir, solutions_dir, out_dir, jobs: int = 2, timeout:
     _check_out(out, Path(submissions_dir), Path(solutions_dir))
     batch = discover(submissions_dir, solutions, max_file_bytes)
     marks = report.read_manual(manual, solutions, batch.students) if manual is not None else {}
-    limits = {"notebook_seconds": timeout, "call_seconds": min(DEFAULT_CALL_SECONDS, timeout), "memory_mb": memory_mb}
+    limits = {"cell_seconds": timeout, "call_seconds": timeout,
+              "notebook_seconds": NOTEBOOK_TIMEOUT_FACTOR * timeout, "memory_mb": memory_mb}
     results, sandboxes = run_all(batch, solutions, limits, jobs, progress, runner)
     by_name = {s.name: s for s in solutions.values()}
     graded = []
@@ -333,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-j", "--jobs", type=int, default=1, help="checker processes in parallel (default: 1)")
     parser.add_argument("--manual", help="manual.csv with the points of the written answers filled in, to merge")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                        help=f"seconds to run one student notebook (default: {DEFAULT_TIMEOUT:g})")
+                        help=f"seconds for one cell of a student notebook and for one check's calls; the "
+                             f"whole notebook gets {NOTEBOOK_TIMEOUT_FACTOR}x that (default: {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB,
                         help=f"memory limit of a student kernel, MB (default: {DEFAULT_MEMORY_MB})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
