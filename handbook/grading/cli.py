@@ -43,6 +43,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from handbook.grading import report
+from handbook.grading.checker import Limits
 from handbook.grading.submissions import MAX_FILE_BYTES, Batch, Solution, Submission, discover, load_solutions
 
 DEFAULT_TIMEOUT = 120.0     # seconds for one cell of a student notebook, and for one check's calls
@@ -50,11 +51,11 @@ DEFAULT_TIMEOUT = 120.0     # seconds for one cell of a student notebook, and fo
 # looping cell costs only its own limit and the cells after it still run (and are graded).
 NOTEBOOK_TIMEOUT_FACTOR = 5
 DEFAULT_MEMORY_MB = 4096
-# A checker process builds the chapter's reference answers before its first submission; each
-# submission then starts a kernel, and each interrupted call may take a grace period.
+# A checker process builds the chapter's reference answers before its first submission.
 CHECKER_STARTUP_SECONDS = 300.0
-KERNEL_START_SECONDS = 60.0
-GRACE_SECONDS = 15.0
+# Slack on top of the checker's own worst case per submission: this deadline only catches a
+# wedged checker, so it must never cut short one that is merely slow.
+CHECKER_SLACK_FACTOR = 1.5
 # Most submissions one checker process grades: reusing a process saves the reference build,
 # a smaller group keeps the bar moving and limits what one checker failure can cost.
 MAX_PER_CHECKER = 8
@@ -85,13 +86,12 @@ def _sub_id(submission: Submission) -> str:
 def checker_timeout(n_submissions: int, solution: Solution, limits: dict) -> float:
     """A deadline for a whole checker process: generous, it only catches a wedged checker.
 
-    Per submission: the kernel's start, the notebook's run, every check's calls, each with a
-    grace period for an interrupt; plus the chapter's reference build once.
+    Per submission, the checker's own worst case (kernel start, the notebook's run, every
+    check's calls, each with an interrupt's grace period), with slack; plus the reference build.
     """
     checks = sum(q.kind == "auto" for q in solution.questions)
-    per_submission = (KERNEL_START_SECONDS + limits["notebook_seconds"] + GRACE_SECONDS
-                      + checks * (limits["call_seconds"] + GRACE_SECONDS))
-    return CHECKER_STARTUP_SECONDS + n_submissions * per_submission
+    per_submission = Limits.from_dict(limits).worst_case_seconds(checks)
+    return CHECKER_STARTUP_SECONDS + n_submissions * CHECKER_SLACK_FACTOR * per_submission
 
 
 def run_checker(job: dict, timeout: float) -> dict:
