@@ -79,9 +79,14 @@ def _replace_regions(source: str, begin: str, end: str, stub: tuple[str, ...] | 
     return "\n".join(out)
 
 
+def replace_solutions(source: str, lines: tuple[str, ...] = CODE_STUB) -> str:
+    """Code with each solution region replaced by ``lines`` (by default the ``# YOUR CODE HERE`` stub)."""
+    return _replace_regions(source, BEGIN_SOLUTION, END_SOLUTION, lines)
+
+
 def strip_solutions(source: str) -> str:
     """Code with each solution region replaced by the ``# YOUR CODE HERE`` stub."""
-    return _replace_regions(source, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB)
+    return replace_solutions(source)
 
 
 def remove_hidden_tests(source: str) -> str:

@@ -15,25 +15,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 from typing import Callable
 
-import nbformat
-
 from handbook import notebooks as nbp
 
 
-def _answer_cells(nb: dict) -> list[dict]:
-    return [c for c in nb["cells"] if c["cell_type"] == "code" and nbp.is_solution_cell(c)]
+def _answer_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code" and nbp.is_solution_cell(c)]
 
 
-def _source(cell: dict) -> str:
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-
-
-def _replace_solutions(nb: dict, body: str, first_only: bool = False) -> dict:
+def _replace_solutions(nb, body: str, first_only: bool = False):
     """The answer cells' solution regions (or only the first cell's) replaced by ``body``.
 
     The body takes the indentation of the region, so it becomes the body of the function
@@ -42,34 +35,24 @@ def _replace_solutions(nb: dict, body: str, first_only: bool = False) -> dict:
     nb = copy.deepcopy(nb)
     cells = _answer_cells(nb)
     for cell in cells[:1] if first_only else cells:
-        lines, inside = [], False
-        for line in _source(cell).splitlines():
-            if line.strip() == nbp.BEGIN_SOLUTION:
-                inside = True
-                indent = line[: len(line) - len(line.lstrip())]
-                lines += [indent + b for b in body.splitlines()]
-            elif line.strip() == nbp.END_SOLUTION:
-                inside = False
-            elif not inside:
-                lines.append(line)
-        cell["source"] = "\n".join(lines)
+        cell.source = nbp.replace_solutions(cell.source, tuple(body.splitlines()))
     return nb
 
 
-def _prepend(nb: dict, code: str) -> dict:
+def _prepend(nb, code: str):
     """``code`` run at the top of the first answer cell."""
     nb = copy.deepcopy(nb)
     first = _answer_cells(nb)[0]
-    first["source"] = code.strip("\n") + "\n" + _source(first)
+    first.source = code.strip("\n") + "\n" + first.source
     return nb
 
 
-def _handout(nb: dict) -> dict:
-    return json.loads(nbp.notebook_text(nbp.student_version(nbformat.reads(json.dumps(nb), as_version=4))))
+def _handout(nb):
+    return nbp.student_version(nb)
 
 
-def _bytes(nb: dict) -> bytes:
-    return json.dumps(nb, indent=1).encode("utf-8")
+def _bytes(nb) -> bytes:
+    return nbp.notebook_text(nb).encode("utf-8")
 
 
 _PATCHES = """
@@ -136,12 +119,12 @@ EXPECTED = {
 }
 
 
-def _first_exercise_only(nb: dict) -> dict:
+def _first_exercise_only(nb):
     """The handout with only the first answer cell solved."""
     handout = _handout(nb)
     first = _answer_cells(nb)[0]
-    handout["cells"] = [copy.deepcopy(first) if nbp.nbgrader_meta(c).get("grade_id") == nbp.nbgrader_meta(first)["grade_id"]
-                        else c for c in handout["cells"]]
+    handout.cells = [copy.deepcopy(first) if nbp.nbgrader_meta(c).get("grade_id") == nbp.nbgrader_meta(first)["grade_id"]
+                     else c for c in handout.cells]
     return handout
 
 
@@ -154,7 +137,7 @@ def write_batch(solution: str | Path, out: str | Path, students: int = 30) -> di
     solution, out = Path(solution), Path(out)
     if students < 1:
         raise ValueError(f"students: expected at least 1, got {students}")
-    nb = json.loads(solution.read_text(encoding="utf-8"))
+    nb = nbp.read_notebook(solution)
     kinds = {}
     for number in range(students):
         kind = kind_of(number)
