@@ -1,0 +1,529 @@
+"""The U-Net denoiser of handbook section 4: an encoder-decoder CNN with skip connections.
+
+Ronneberger et al. (2015) built the U-Net for segmentation; Ho et al. (2020, appendix B) made it
+the noise predictor of diffusion models by feeding it the noise level; Dhariwal & Nichol (2021)
+added class conditioning and adaptive GroupNorm. This module follows their conventions
+(../shared/REFERENCES.md, "U-Net") at a size that trains on a CPU::
+
+    x (B, C_in, H, W) -> conv_in                                        (B, C_0, H, W)
+    encoder level i = 0..L-1:  blocks_per_level x [ResBlock (+ AttentionBlock)] -> e_i,
+                               then Downsample (stride-2 conv) except after the last level
+    bottleneck:                ResBlock, AttentionBlock (optional), ResBlock at H / 2^(L-1)
+    decoder level i = L-1..0:  concat [h, e_i] on channels (the skip connection),
+                               blocks_per_level x [ResBlock (+ AttentionBlock)],
+                               then Upsample (nearest x2 + conv) except after level 0
+    GroupNorm -> SiLU -> conv_out                                        (B, C_out, H, W)
+
+which is the handbook's y = D_1([E_1(x), D_2([E_2(x), ... D_n(e_n) ...])]) with one skip per
+level (the openai code keeps one per block; one per level is the handbook's equation and enough).
+Level i has C_i = base_channels * channel_mults[i] channels at resolution H / 2^i.
+
+Conditioning. The noise level t becomes a sinusoidal vector (``timestep_embedding``), then an MLP
+(Linear -> SiLU -> Linear, 4 x base_channels wide); a class label adds its own learned vector.
+Every ResBlock projects that embedding to its channels and either adds it to the feature map
+("add", Ho et al. 2020) or uses it as a per-channel scale and shift after its second GroupNorm
+("film": FiLM, Perez et al. 2018; AdaGN in Dhariwal & Nichol 2021). A caption (or any sequence
+of vectors) enters through cross-attention in the attention blocks, as in Stable Diffusion.
+
+Zero initialisation. The last conv of every ResBlock, the output projection of every attention
+and the output conv start at zero: each block starts as its skip path, and a new network outputs
+exactly 0, which is the mean of the noise it learns to predict (Ho et al.'s code; Dhariwal &
+Nichol 2021). The gradient still reaches conv_out at once, and through it the rest.
+
+Two switches exist for the chapter's experiments: ``skip_connections=False`` (the decoder gets no
+encoder features; reading question 4.1) and ``time_conditioning=False`` (the network is not told
+the noise level; question 4.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from handbook.attention import MultiHeadAttention
+
+# The longest period of the timestep embedding, in units of t (Transformer paper, section 3.5).
+MAX_PERIOD = 10000
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = MAX_PERIOD) -> torch.Tensor:
+    """Sinusoidal embedding of noise levels t (B,) -> (B, dim), in the [cos, sin] order of DiT/GLIDE.
+
+    freqs_i = exp(-ln(max_period) * i / half) for i = 0..half-1 (half = dim // 2), and
+    emb = [cos(t * freqs), sin(t * freqs)], with a zero column appended when dim is odd. It equals
+    diffusers ``get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)``.
+    t may be integer timesteps or continuous values (e.g. 1000 * sigma); fractions are kept.
+    """
+    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype == torch.bool:
+        got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"t: expected a 1-D numeric tensor (B,), got {got}")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2:
+        raise ValueError(f"dim: expected an int >= 2, got {dim!r}")
+    if not max_period > 0:
+        raise ValueError(f"max_period: expected a positive number, got {max_period!r}")
+    half = dim // 2
+    # float32 throughout, as the references do: the same numbers as the code a student meets next.
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]                           # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)       # (B, 2 * half)
+    return F.pad(emb, (0, dim % 2))                                   # (B, dim)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything that defines a U-Net's shape. Frozen: a config never changes after a model uses it.
+
+    attention_levels: indices of the levels (0 = full resolution, L-1 = the lowest) whose blocks
+    are followed by attention, in the encoder and the decoder. Levels, not pixel resolutions, so
+    the config does not depend on the image size: level i works at H / 2^i (openai's
+    ``attention_resolutions=(ds,)`` is our level log2(ds)).
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # one level per entry; C_i = base_channels * mult
+    blocks_per_level: int = 1
+    attention_levels: tuple[int, ...] = (2,)
+    bottleneck_attention: bool = True
+    num_heads: int = 1               # must divide the channels of every level with attention
+    groups: int = 8                  # GroupNorm groups; must divide every level's channels
+    dropout: float = 0.0
+    time_embed_mult: int = 4         # embedding width = time_embed_mult * base_channels
+    conditioning: str = "add"        # "add" | "film": how the embedding enters a ResBlock
+    num_classes: int | None = None   # class labels 0..num_classes-1, plus num_classes = "null"
+    context_dim: int | None = None   # width of a context sequence for cross-attention
+    skip_connections: bool = True    # False only for the experiment of reading question 4.1
+    time_conditioning: bool = True   # False only for the experiment of reading question 4.3
+
+    def __post_init__(self):
+        for name in ("channel_mults", "attention_levels"):  # accept lists, keep the config hashable
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        for name in ("in_channels", "out_channels", "base_channels", "blocks_per_level", "num_heads",
+                     "groups", "time_embed_mult"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("num_classes", "context_dim"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name), "or None")
+        if not isinstance(self.channel_mults, tuple) or not self.channel_mults:
+            raise ValueError(f"channel_mults: expected a non-empty tuple of positive ints, got {self.channel_mults!r}")
+        for m in self.channel_mults:
+            _check_positive_int("channel_mults", m)
+        if not isinstance(self.attention_levels, tuple):
+            raise ValueError(f"attention_levels: expected a tuple of level indices, got {self.attention_levels!r}")
+        for i in self.attention_levels:
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < self.levels:
+                raise ValueError(f"attention_levels: expected level indices in 0..{self.levels - 1} "
+                                 f"(one per entry of channel_mults), got {self.attention_levels!r}")
+        if len(set(self.attention_levels)) != len(self.attention_levels):
+            raise ValueError(f"attention_levels: repeated level in {self.attention_levels!r}")
+        for name in ("bottleneck_attention", "skip_connections", "time_conditioning"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if any(c % self.groups for c in self.channels):
+            raise ValueError(f"groups: {self.groups} must divide the channels of every level {self.channels}")
+        attn_channels = [self.channels[i] for i in self.attention_levels]
+        attn_channels += [self.channels[-1]] if self.bottleneck_attention else []
+        if any(c % self.num_heads for c in attn_channels):
+            raise ValueError(f"num_heads: {self.num_heads} must divide the channels {attn_channels} "
+                             f"of every attention block")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.conditioning not in ("add", "film"):
+            raise ValueError(f"conditioning: expected 'add' or 'film', got {self.conditioning!r}")
+        if self.context_dim is not None and not attn_channels:
+            raise ValueError("context_dim: cross-attention lives in the attention blocks; set attention_levels "
+                             "or bottleneck_attention=True, or leave context_dim=None")
+
+    @property
+    def levels(self) -> int:
+        return len(self.channel_mults)
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Channels of each level, C_i = base_channels * channel_mults[i]."""
+        return tuple(self.base_channels * m for m in self.channel_mults)
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W must be multiples of this: 2 ** (levels - 1), one halving per downsampling."""
+        return 2 ** (self.levels - 1)
+
+    @property
+    def embed_dim(self) -> int | None:
+        """Width of the time (+ class) embedding, or None when the network has neither."""
+        if not self.time_conditioning and self.num_classes is None:
+            return None
+        return self.time_embed_mult * self.base_channels
+
+    @classmethod
+    def tiny(cls, **overrides) -> "UNetConfig":
+        """Two levels of 8 and 16 channels (~35k parameters): for tests, not for images."""
+        return cls(**{"base_channels": 8, "channel_mults": (1, 2), "attention_levels": (1,), "groups": 4,
+                      **overrides})
+
+    @classmethod
+    def small(cls, **overrides) -> "UNetConfig":
+        """The chapter's model for 32x32 RGB ShapeWorld: levels 32/16/8 px with 32/64/64 channels,
+        attention at 8x8 and in the bottleneck (~0.83M parameters; ~0.2 s forward for a
+        batch of 64 on two CPU cores)."""
+        return cls(**overrides)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
+        """Rebuild a config from its ``to_dict`` (e.g. read back from a JSON manifest)."""
+        return cls(**d)  # lists from JSON become tuples in __post_init__
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_positive_int(name: str, value: Any, extra: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive int{' ' + extra if extra else ''}, got {value!r}")
+
+
+def _describe(value: Any) -> str:
+    """What a wrong argument was, for an error message: its shape and dtype, or its type."""
+    return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _zero_(layer: nn.Module) -> None:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+class TimestepEmbedder(nn.Module):
+    """t (B,) -> sinusoidal (B, base_channels) -> Linear -> SiLU -> Linear -> (B, embed_dim).
+
+    The sinusoid gives every noise level a distinct, smooth code; the MLP learns what the network
+    needs from it (Ho et al. 2020, appendix B)."""
+
+    def __init__(self, frequency_dim: int, embed_dim: int):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t_freq = timestep_embedding(t, self.frequency_dim)          # (B, frequency_dim), float32
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))        # (B, embed_dim)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3, inject the embedding, GroupNorm -> SiLU -> dropout -> conv3x3,
+    plus the skip path (a 1x1 conv when the channel count changes).
+
+    "add":  h = norm2(h + proj(emb))                      (Ho et al. 2020)
+    "film": h = norm2(h) * (1 + scale) + shift,  [scale, shift] = proj(emb)
+            (Perez et al. 2018; AdaGN of Dhariwal & Nichol 2021). The "1 +" makes a zero
+            projection the plain GroupNorm.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, embed_dim: int | None, groups: int,
+                 dropout: float = 0.0, conditioning: str = "add"):
+        super().__init__()
+        self.conditioning = conditioning
+        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        factor = 2 if conditioning == "film" else 1
+        self.embed_proj = None if embed_dim is None else nn.Sequential(
+            nn.SiLU(), nn.Linear(embed_dim, factor * out_channels))
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)  # zero-initialised
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        self.zero_residual_()
+
+    def zero_residual_(self) -> None:
+        """Zero the last conv: the block starts as its skip path."""
+        _zero_(self.conv2)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))                  # (B, C_out, H, W)
+        if self.embed_proj is None:
+            h = self.norm2(h)
+        else:
+            e = self.embed_proj(emb)[:, :, None, None]         # (B, C_out or 2 C_out, 1, 1)
+            if self.conditioning == "film":
+                scale, shift = e.chunk(2, dim=1)               # (B, C_out, 1, 1) each
+                h = self.norm2(h) * (1 + scale) + shift
+            else:
+                h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))                # (B, C_out, H, W)
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H*W positions of a feature map, then (with ``context_dim``)
+    cross-attention from those positions to a context sequence; each GroupNorm first, residual,
+    output projection zero-initialised. The q/k/v Linears on (B, H*W, C) tokens are the 1x1
+    convs of the reference; with one head the scale is C^-1/2. Attention itself is
+    ``handbook.attention.MultiHeadAttention``, the same as in every chapter."""
+
+    def __init__(self, channels: int, num_heads: int, groups: int, context_dim: int | None = None):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.attn = MultiHeadAttention(channels, num_heads)
+        self.cross_norm = None if context_dim is None else nn.GroupNorm(groups, channels)
+        self.cross_attn = (None if context_dim is None
+                           else MultiHeadAttention(channels, num_heads, d_context=context_dim))
+        self.zero_residual_()
+
+    def zero_residual_(self) -> None:
+        """Zero the output projections: the block starts as the identity."""
+        for attn in (self.attn, self.cross_attn):
+            if attn is not None:
+                _zero_(attn.out_proj)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = x.reshape(B, C, H * W)                                    # (B, C, H*W)
+        h = h + self.attn(self.norm(h).transpose(1, 2)).transpose(1, 2)  # (B, C, H*W)
+        if self.cross_attn is not None:
+            q = self.cross_norm(h).transpose(1, 2)                    # (B, H*W, C)
+            h = h + self.cross_attn(q, context).transpose(1, 2)       # (B, C, H*W)
+        return h.reshape(B, C, H, W)                                  # (B, C, H, W)
+
+
+class Downsample(nn.Module):
+    """Halve H and W with a stride-2 3x3 conv (learned, unlike pooling; Ho et al. 2020)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)  # (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour copy, then a 3x3 conv (no checkerboard artefacts of a
+    transposed conv; Odena et al. 2016)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
+
+
+class Level(nn.Module):
+    """One level of the encoder or decoder: ResBlocks (each followed by attention when asked),
+    then an optional Downsample or Upsample. Returns the features before resampling, and after."""
+
+    def __init__(self, in_channels: int, out_channels: int, n_blocks: int, attention: bool,
+                 resample: nn.Module | None, config: UNetConfig):
+        super().__init__()
+        c = config
+        self.blocks = nn.ModuleList(
+            ResBlock(in_channels if j == 0 else out_channels, out_channels, c.embed_dim, c.groups, c.dropout,
+                     c.conditioning) for j in range(n_blocks))
+        n_attention = n_blocks if attention else 0
+        self.attns = nn.ModuleList(
+            AttentionBlock(out_channels, c.num_heads, c.groups, c.context_dim) for _ in range(n_attention))
+        self.resample = resample if resample is not None else nn.Identity()
+
+    def forward(self, h, emb, context):
+        for j, block in enumerate(self.blocks):
+            h = block(h, emb)
+            if self.attns:
+                h = self.attns[j](h, context)
+        return h, self.resample(h)
+
+
+class Bottleneck(nn.Module):
+    """ResBlock, AttentionBlock, ResBlock at the lowest resolution: the bottom of the U."""
+
+    def __init__(self, channels: int, config: UNetConfig):
+        super().__init__()
+        c = config
+        self.res1 = ResBlock(channels, channels, c.embed_dim, c.groups, c.dropout, c.conditioning)
+        self.attn = (AttentionBlock(channels, c.num_heads, c.groups, c.context_dim)
+                     if c.bottleneck_attention else None)
+        self.res2 = ResBlock(channels, channels, c.embed_dim, c.groups, c.dropout, c.conditioning)
+
+    def forward(self, h, emb, context):
+        h = self.res1(h, emb)
+        if self.attn is not None:
+            h = self.attn(h, context)
+        return self.res2(h, emb)
+
+
+class UNet(nn.Module):
+    """The denoiser eps_theta(x_t, t, cond) of chapters 4 to 8. ``forward(x, t, cond)`` -> (B, C_out, H, W).
+
+    ``generator`` fixes the initial weights (building never touches the global random stream).
+    """
+
+    def __init__(self, config: UNetConfig | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        if config is not None and not isinstance(config, UNetConfig):
+            raise ValueError(f"config: expected a UNetConfig, got {type(config).__name__}")
+        self.config = c = config or UNetConfig.small()
+        with torch.random.fork_rng(devices=[]):  # layers draw a default init; reset_parameters redraws it
+            ch = c.channels
+            self.time_embed = TimestepEmbedder(c.base_channels, c.embed_dim) if c.time_conditioning else None
+            # One extra row, index num_classes, is the "null" label of classifier-free guidance.
+            self.class_embed = None if c.num_classes is None else nn.Embedding(c.num_classes + 1, c.embed_dim)
+            self.conv_in = nn.Conv2d(c.in_channels, ch[0], 3, padding=1)
+            self.encoder = nn.ModuleList(
+                Level(ch[i - 1] if i else ch[0], ch[i], c.blocks_per_level, i in c.attention_levels,
+                      Downsample(ch[i]) if i < c.levels - 1 else None, c) for i in range(c.levels))
+            self.bottleneck = Bottleneck(ch[-1], c)
+            # Decoder level i receives level i+1's output (or the bottleneck's), plus e_i on the skip.
+            self.decoder = nn.ModuleList(
+                Level((ch[i + 1] if i < c.levels - 1 else ch[-1]) + (ch[i] if c.skip_connections else 0), ch[i],
+                      c.blocks_per_level, i in c.attention_levels, Upsample(ch[i]) if i > 0 else None, c)
+                for i in range(c.levels))
+            self.norm_out = nn.GroupNorm(c.groups, ch[0])
+            self.conv_out = nn.Conv2d(ch[0], c.out_channels, 3, padding=1)
+        self.reset_parameters(generator)
+
+    @property
+    def null_label(self) -> int:
+        """The class index that means "no class" (classifier-free guidance): num_classes."""
+        if self.config.num_classes is None:
+            raise ValueError("null_label: this model is not class-conditional (num_classes=None)")
+        return self.config.num_classes
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """PyTorch's default init drawn from ``generator`` (weights and biases U(+-1/sqrt(fan_in)),
+        embeddings N(0, 1), norms identity), then zero the layers that write into a residual path."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                bound = 1.0 / math.sqrt(m.weight[0].numel())  # fan_in = in_channels * kernel area
+                nn.init.uniform_(m.weight, -bound, bound, generator=generator)
+                if m.bias is not None:
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, generator=generator)
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, (ResBlock, AttentionBlock)):
+                m.zero_residual_()
+        _zero_(self.conv_out)
+
+    def _check_inputs(self, x, t, cond):
+        """Validate x, t, cond; return t as (B,) floats (or None), labels (B,) or None, context or None."""
+        c = self.config
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point() or x.shape[1] != c.in_channels:
+            raise ValueError(f"x: expected a float tensor (B, in_channels={c.in_channels}, H, W), got {_describe(x)}")
+        B, _, H, W = x.shape
+        if H % c.size_multiple or W % c.size_multiple:
+            raise ValueError(f"x: H={H} and W={W} must be multiples of {c.size_multiple} "
+                             f"(2**{c.levels - 1}: one halving per downsampling)")
+        if not c.time_conditioning:
+            t = None  # the network is not told the noise level (question 4.3): t is ignored
+        else:
+            if isinstance(t, (int, float)) and not isinstance(t, bool):
+                t = torch.tensor(float(t))
+            if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.shape not in ((), (B,)):
+                raise ValueError(f"t: expected a number or a tensor shaped () or (B={B},), got {_describe(t)}")
+            t = t.to(x.device, torch.float32).expand(B)  # (B,)
+        labels, context = self._split_cond(cond)
+        if c.num_classes is not None:
+            if not isinstance(labels, torch.Tensor) or labels.shape != (B,) or labels.is_floating_point() \
+                    or labels.is_complex() or labels.dtype == torch.bool:
+                raise ValueError(f"cond: expected class labels as an integer tensor (B={B},), got {_describe(labels)}")
+            if labels.numel() and (labels.min() < 0 or labels.max() > c.num_classes):
+                raise ValueError(f"cond: class labels must lie in 0..{c.num_classes} ({c.num_classes} = null "
+                                 f"class), got values in {labels.min().item()}..{labels.max().item()}")
+        if c.context_dim is not None:
+            if not isinstance(context, torch.Tensor) or context.dim() != 3 or context.shape[0] != B \
+                    or context.shape[2] != c.context_dim or not context.is_floating_point():
+                raise ValueError(f"cond: expected a float context (B={B}, S, context_dim={c.context_dim}), "
+                                 f"got {_describe(context)}")
+        return t, labels, context
+
+    def _split_cond(self, cond):
+        """cond -> (labels or None, context or None), by the convention of ``forward``."""
+        c = self.config
+        wanted = [name for name, v in (("class labels 'y'", c.num_classes), ("a 'context'", c.context_dim))
+                  if v is not None]
+        if cond is None:
+            if wanted:
+                raise ValueError(f"cond: this model needs {' and '.join(wanted)}"
+                                 + (f"; the unconditional prediction takes the null label {c.num_classes}"
+                                    if c.num_classes is not None else ""))
+            return None, None
+        if isinstance(cond, dict):
+            if set(cond) - {"y", "context"}:
+                raise ValueError(f"cond: a dict may only have the keys 'y' and 'context', got {sorted(cond)}")
+            labels, context = cond.get("y"), cond.get("context")
+        elif not wanted:
+            raise ValueError(f"cond: this model is unconditional (num_classes=None, context_dim=None), "
+                             f"got {_describe(cond)}; pass cond=None")
+        elif len(wanted) == 2:
+            raise ValueError("cond: this model takes labels and a context; pass {'y': labels, 'context': context}")
+        else:  # a bare tensor is whichever of the two the model takes
+            labels, context = (cond, None) if c.num_classes is not None else (None, cond)
+        if c.num_classes is None and labels is not None:
+            raise ValueError("cond: class labels given, but this model has num_classes=None")
+        if c.context_dim is None and context is not None:
+            raise ValueError("cond: a context given, but this model has context_dim=None")
+        return labels, context
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float | None, cond: Any = None,
+                return_features: bool = False):
+        """x (B, in_channels, H, W), H and W multiples of 2**(levels-1) -> (B, out_channels, H, W).
+
+        t: the noise level, a number or a tensor () or (B,), integer timesteps or continuous values
+        (e.g. 1000 * sigma); it goes to ``timestep_embedding`` as is. Ignored (may be None) when
+        ``time_conditioning=False``.
+        cond: None for an unconditional model; class labels (B,) long in 0..num_classes
+        (num_classes = null) when only ``num_classes`` is set; a context (B, S, context_dim) when only
+        ``context_dim`` is set; ``{"y": labels, "context": context}`` (always accepted) when both.
+        return_features: also return a dict of activations "encoder.i" (the skip e_i), "bottleneck"
+        and "decoder.i" (before upsampling), in the order they are computed.
+        """
+        t, labels, context = self._check_inputs(x, t, cond)
+        emb = None
+        if self.time_embed is not None:
+            emb = self.time_embed(t)                                  # (B, embed_dim)
+        if self.class_embed is not None:
+            y = self.class_embed(labels)                              # (B, embed_dim)
+            emb = y if emb is None else emb + y
+        features: dict[str, torch.Tensor] = {}
+        skips = []
+        h = self.conv_in(x)                                           # (B, C_0, H, W)
+        for i, level in enumerate(self.encoder):
+            e, h = level(h, emb, context)                             # e_i: (B, C_i, H/2^i, W/2^i)
+            skips.append(e)
+            features[f"encoder.{i}"] = e
+        h = self.bottleneck(h, emb, context)                          # (B, C_last, H/2^(L-1), W/2^(L-1))
+        features["bottleneck"] = h
+        for i in reversed(range(len(self.decoder))):
+            if self.config.skip_connections:
+                h = torch.cat([h, skips[i]], dim=1)                   # (B, C_in + C_i, H/2^i, W/2^i)
+            d, h = self.decoder[i](h, emb, context)                   # h: upsampled for level i-1
+            features[f"decoder.{i}"] = d
+        out = self.conv_out(F.silu(self.norm_out(h)))                 # (B, out_channels, H, W)
+        return (out, features) if return_features else out
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def parameters_per_level(self) -> dict[str, int]:
+        """Parameter counts: "embeddings", "input", "encoder.i", "bottleneck", "decoder.i" (i from the
+        bottom up, as the data flows), "output". They sum to ``num_parameters()``."""
+        def count(*modules):
+            return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+        out = {"embeddings": count(self.time_embed, self.class_embed), "input": count(self.conv_in)}
+        out.update({f"encoder.{i}": count(level) for i, level in enumerate(self.encoder)})
+        out["bottleneck"] = count(self.bottleneck)
+        out.update({f"decoder.{i}": count(self.decoder[i]) for i in reversed(range(len(self.decoder)))})
+        out["output"] = count(self.norm_out, self.conv_out)
+        return out
