@@ -1,0 +1,510 @@
+"""The Vision Transformer of handbook section 3 (Dosovitskiy et al. 2021, "An image is worth 16x16 words").
+
+An image becomes a sentence of patches, and from there on it is the Transformer of chapter 2::
+
+    images (B, C, H, W) -> cut into N = (H/p)(W/p) patches of p x p x C pixels, each flattened
+                        -> one linear map W_p x + b_p per patch           (B, N, D)   (eq. 3.1)
+                        -> prepend a learned class token                  (B, 1 + N, D)
+                        -> add a position embedding (learned or 2D sin-cos)
+                        -> n_layer pre-LN TransformerBlocks (chapter 2's, unchanged)
+                        -> LayerNorm -> pool (the class token, or the mean of the patches)
+                        -> linear head -> logits (B, num_classes)
+
+The patch embedding is written as a convolution with kernel = stride = p: each output pixel of
+that convolution sees exactly one patch, so it *is* "flatten, then one linear map" (a test shows
+it with ``patchify``). Conventions follow the reference code (../shared/REFERENCES.md): patches in
+row-major order, each flattened in (row, column, channel) order; LayerNorm eps 1e-6; exact GELU.
+
+Attention has no notion of where a patch is: without positions the model sees a bag of patches.
+Two ways to tell it, compared in the chapter: a learned table (ViT), or the fixed 2D sin-cos code
+of MAE (He et al. 2022) and DiT, whose first D/2 channels encode the patch's column and last D/2
+its row. The class token gets a position too: learned, or a zero row for sin-cos, as in MAE.
+
+Unlike a CNN, nothing here says that neighbouring pixels belong together beyond the patch: a ViT
+must learn locality from data (reading question 3.1). ``stem="conv"`` puts two 3x3 convolutions
+before the patch embedding (Xiao et al. 2021, "Early convolutions help transformers see better")
+for reading question 3.4; ``SmallCNN`` is the convolutional baseline of similar size.
+
+Inputs: float images (B, C, H, W), as ``handbook.shapeworld.load_images`` returns them: RGB in
+[0, 1]. The model does not normalise them; the first LayerNorm sees patch embeddings, not pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from handbook.training import History, train
+from handbook.transformer import TransformerBlock
+
+LN_EPS = 1e-6            # LayerNorm epsilon of the ViT/MAE/DiT reference code (torch's default is 1e-5)
+SINCOS_BASE = 10000.0    # the Transformer paper's longest wavelength, 2 pi * 10000 positions
+INIT_STD = 0.02          # std of the class token and of learned positions (ViT, MAE)
+# Steps of ``train_classifier`` (batch 32, its defaults) for the chapter's bar, >= 90% test accuracy
+# on ShapeWorld shape x colour within a CPU minute: ``ViTConfig.shapeworld()`` on 10,000 training
+# images reached 98.9-99.7% on 2,000 test images in 30-55 s (one thread, busy machine). Margin:
+# 300 steps gave ~95%, 150 steps only 66-90% (shape is learnt late, colour early).
+SHAPEWORLD_TRAIN_STEPS = 400
+
+
+# ---- patches ---------------------------------------------------------------------------------
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def _grid(patch_size: int, height: int, width: int) -> tuple[int, int]:
+    """(H/p, W/p), or a ValueError naming both numbers if p does not divide the image."""
+    _check_positive_int("patch_size", patch_size)
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"patch_size {patch_size} does not divide the image size {height}x{width}")
+    return height // patch_size, width // patch_size
+
+
+def _check_images(images: Any, channels: int | None = None) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images: expected a float tensor shaped (B, C, H, W), got {got}")
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"images: expected {channels} channels (B, {channels}, H, W), got {tuple(images.shape)}")
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """images (B, C, H, W) -> patches (B, N, p*p*C), N = (H/p)(W/p).
+
+    Patch n = i * (W/p) + j is the one at grid row i, column j (row-major, like reading a page);
+    its vector lists the pixels row by row, column by column, and the C channels of each pixel last.
+    """
+    _check_images(images)
+    B, C, H, W = images.shape
+    gh, gw = _grid(patch_size, H, W)
+    p = patch_size
+    x = images.reshape(B, C, gh, p, gw, p)          # (B, C, gh, p, gw, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)                  # (B, gh, gw, p, p, C)
+    return x.reshape(B, gh * gw, p * p * C)          # (B, N, p*p*C)
+
+
+def unpatchify(tokens: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """The exact inverse of ``patchify``: (B, N, p*p*C) -> images (B, C, height, width)."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
+        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens: expected a tensor shaped (B, N, p*p*C), got {got}")
+    _check_positive_int("height", height)
+    _check_positive_int("width", width)
+    gh, gw = _grid(patch_size, height, width)
+    B, N, P = tokens.shape
+    p = patch_size
+    if N != gh * gw or P % (p * p):
+        raise ValueError(f"tokens: expected (B, {gh * gw}, p*p*C) with p*p = {p * p} for a {height}x{width} "
+                         f"image, got {tuple(tokens.shape)}")
+    C = P // (p * p)
+    x = tokens.reshape(B, gh, gw, p, p, C)           # (B, gh, gw, p, p, C)
+    x = x.permute(0, 5, 1, 3, 2, 4)                  # (B, C, gh, p, gw, p)
+    return x.reshape(B, C, height, width)            # (B, C, H, W)
+
+
+class PatchEmbed(nn.Module):
+    """images (B, C, H, W) -> patch embeddings (B, N, D): z_ij = W_p flatten(x_ij) + b_p (eq. 3.1).
+
+    A convolution with kernel = stride = p is that linear map applied to every patch at once; its
+    weight (D, C, p, p), permuted to (D, p, p, C) and flattened, is W_p for ``patchify``'s order.
+    """
+
+    def __init__(self, in_channels: int, d_model: int, patch_size: int):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("d_model", d_model), ("patch_size", patch_size)):
+            _check_positive_int(name, value)
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, d_model, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _check_images(images, self.proj.in_channels)
+        _grid(self.patch_size, *images.shape[-2:])
+        x = self.proj(images)                        # (B, D, gh, gw)
+        return x.flatten(2).transpose(1, 2)          # (B, N, D)
+
+
+class ConvStem(nn.Module):
+    """Two 3x3 convolutions (with GELU) before the patch embedding (Xiao et al. 2021, scaled down).
+
+    Each patch token then also sees a 2-pixel border of its neighbours: overlapping, local
+    features, the inductive bias a CNN has and a plain ViT must learn.
+    """
+
+    def __init__(self, in_channels: int, d_model: int, patch_size: int, channels: int):
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.GELU(),
+                                   nn.Conv2d(channels, channels, 3, padding=1), nn.GELU())
+        self.in_channels = in_channels
+        self.patch = PatchEmbed(channels, d_model, patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _check_images(images, self.in_channels)
+        _grid(self.patch.patch_size, *images.shape[-2:])
+        return self.patch(self.convs(images))        # (B, N, D)
+
+
+# ---- positions -------------------------------------------------------------------------------
+
+def sincos_2d_positional_embedding(d_model: int, grid_size: int | tuple[int, int]) -> torch.Tensor:
+    """Fixed 2D sin-cos positions of MAE and DiT -> (gh * gw, d_model), patches in row-major order.
+
+    Channels [0, D/2) encode the patch's column j, channels [D/2, D) its row i; each half is
+    [sin(pos * omega), cos(pos * omega)] with omega_k = 1 / 10000^(k / (D/4)), k = 0 .. D/4 - 1.
+    Equal to diffusers ``get_2d_sincos_pos_embed(D, grid, base_size=grid)`` for square grids.
+    """
+    if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 4 or d_model % 4:
+        raise ValueError(f"d_model: the 2D sin-cos embedding needs a multiple of 4 "
+                         f"(sin and cos for rows and columns), got {d_model!r}")
+    gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+    _check_positive_int("grid_size", gh)
+    _check_positive_int("grid_size", gw)
+    k = torch.arange(d_model // 4, dtype=torch.float64)
+    omega = 1.0 / SINCOS_BASE ** (k / (d_model // 4))                          # (D/4,)
+    rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64),
+                                torch.arange(gw, dtype=torch.float64), indexing="ij")  # (gh, gw) each
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:
+        angle = pos.reshape(-1, 1) * omega                                     # (N, D/4)
+        return torch.cat([angle.sin(), angle.cos()], dim=1)                    # (N, D/2)
+
+    return torch.cat([encode(cols), encode(rows)], dim=1).float()              # (N, D)
+
+
+def resample_positions(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Learned patch positions (1, gh*gw, D) of one grid -> (1, gh'*gw', D) for another, by bicubic
+    interpolation of the table seen as a D-channel image (as timm and the ViT paper, section 3.2)."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos
+    D = pos.shape[-1]
+    grid = pos.reshape(1, *old_grid, D).permute(0, 3, 1, 2)                    # (1, D, gh, gw)
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False,
+                         antialias=new_grid[0] < old_grid[0] or new_grid[1] < old_grid[1])
+    return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)  # (1, N', D)
+
+
+# ---- the model -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Everything that defines a ViT's shape. Frozen: a config never changes after a model uses it."""
+
+    image_size: int | tuple[int, int] = 32   # the size the model is built for; (H, W) if not square
+    patch_size: int = 4
+    in_channels: int = 3
+    num_classes: int = 30                    # ShapeWorld shape x colour = 5 x 6
+    d_model: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    positional: str = "learned"              # "learned" (ViT) | "sincos" (MAE, DiT)
+    pool: str = "cls"                        # "cls": the class token | "mean": mean of the patch tokens
+    stem: str = "patch"                      # "patch" | "conv": convolutions first (reading question 3.4)
+    stem_channels: int = 16                  # width of the conv stem
+
+    def __post_init__(self):
+        if isinstance(self.image_size, list):  # e.g. read back from JSON; keep the config hashable
+            object.__setattr__(self, "image_size", tuple(self.image_size))
+        size = self.image_size
+        if not (isinstance(size, int) and not isinstance(size, bool) and size > 0) and not (
+                isinstance(size, tuple) and len(size) == 2
+                and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+            raise ValueError(f"image_size: expected a positive int or a pair (H, W), got {size!r}")
+        for name in ("patch_size", "in_channels", "num_classes", "d_model", "n_layer", "n_head", "stem_channels"):
+            _check_positive_int(name, getattr(self, name))
+        H, W = self.image_hw
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(f"patch_size: patch_size {self.patch_size} does not divide the image size {H}x{W}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}")
+        if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio * self.d_model >= 1):
+            raise ValueError(f"mlp_ratio: expected a positive number, got {self.mlp_ratio!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        for name, choices in (("positional", ("learned", "sincos")), ("pool", ("cls", "mean")),
+                              ("stem", ("patch", "conv"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
+        if self.positional == "sincos" and self.d_model % 4:
+            raise ValueError(f"d_model: sin-cos positions need a multiple of 4, got {self.d_model}")
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(H/p, W/p): the patch grid of the image size the model is built for."""
+        return self.image_hw[0] // self.patch_size, self.image_hw[1] // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @classmethod
+    def shapeworld(cls, **overrides) -> "ViTConfig":
+        """The chapter's model for 32x32 RGB ShapeWorld, 30 classes: patch 4 (64 tokens), width 64,
+        4 layers of 4 heads (~0.2M parameters)."""
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ViTConfig":
+        """16x16 images, patch 4, width 32, 2 layers of 2 heads (~29k parameters): for tests."""
+        return cls(**{"image_size": 16, "d_model": 32, "n_layer": 2, "n_head": 2, **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ViT(nn.Module):
+    """A Vision Transformer classifier: ``forward(images (B, C, H, W)) -> logits (B, num_classes)``.
+
+    Built for ``config.image_size``, it accepts any size the patch size divides: sin-cos positions
+    are recomputed for the new grid; learned ones are interpolated bicubically (``resample_positions``),
+    which is how ViTs are fine-tuned at a higher resolution than they were trained at.
+    """
+
+    def __init__(self, config: ViTConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        if not isinstance(config, ViTConfig):
+            raise ValueError(f"config: expected a ViTConfig, got {type(config).__name__}")
+        self.config = c = config
+        with torch.random.fork_rng(devices=[]):  # layers draw a default init; reset_parameters redraws it
+            if c.stem == "patch":
+                self.patch_embed = PatchEmbed(c.in_channels, c.d_model, c.patch_size)
+            else:
+                self.patch_embed = ConvStem(c.in_channels, c.d_model, c.patch_size, c.stem_channels)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
+            if c.positional == "learned":
+                self.pos_embed = nn.Parameter(torch.zeros(1, 1 + c.num_patches, c.d_model))  # (1, 1 + N, D)
+            else:
+                # A buffer: fixed, moved with .to(device), not saved (it is recomputed from the config).
+                self.register_buffer("pos_embed", self._sincos(c.grid_size), persistent=False)
+            self.drop = nn.Dropout(c.dropout)
+            self.blocks = nn.ModuleList(
+                TransformerBlock(c.d_model, c.n_head, mlp_ratio=c.mlp_ratio, dropout=c.dropout, norm="pre",
+                                 ln_eps=LN_EPS) for _ in range(c.n_layer))
+            self.norm = nn.LayerNorm(c.d_model, eps=LN_EPS)
+            self.head = nn.Linear(c.d_model, c.num_classes)
+        self.reset_parameters(generator)
+
+    def _sincos(self, grid: tuple[int, int]) -> torch.Tensor:
+        # MAE: the class token's position is a row of zeros, the patches' the 2D sin-cos code.
+        pos = sincos_2d_positional_embedding(self.config.d_model, grid)            # (N, D)
+        return torch.cat([torch.zeros(1, self.config.d_model), pos])[None]        # (1, 1 + N, D)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """The MAE/DiT init, drawn from ``generator``: Xavier-uniform for every linear map (the patch
+        embedding seen as one too), zero biases, LayerNorm at identity, class token and learned
+        positions N(0, 0.02^2) (truncated at 2 std). Conv stem: PyTorch's default U(+-1/sqrt(fan_in))."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight, generator=generator)
+            elif isinstance(m, PatchEmbed):  # its weight (D, C, p, p) is a linear map (D, C*p*p)
+                nn.init.xavier_uniform_(m.proj.weight.view(m.proj.out_channels, -1), generator=generator)
+            elif isinstance(m, nn.Conv2d) and m.kernel_size != m.stride:  # the conv stem, not a patch conv
+                bound = 1.0 / math.sqrt(m.weight[0].numel())
+                nn.init.uniform_(m.weight, -bound, bound, generator=generator)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.cls_token, std=INIT_STD, generator=generator)
+        if self.config.positional == "learned":
+            nn.init.trunc_normal_(self.pos_embed, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD, generator=generator)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Positions (1, 1 + gh*gw, D) for a patch grid (gh, gw): the stored ones, recomputed
+        (sin-cos) or interpolated (learned) when the grid is not the one the model was built for."""
+        if tuple(grid) == self.config.grid_size:
+            return self.pos_embed
+        if self.config.positional == "sincos":
+            return self._sincos(grid).to(self.pos_embed)
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        return torch.cat([cls_pos, resample_positions(patch_pos, self.config.grid_size, grid)], dim=1)
+
+    def tokens(self, images: torch.Tensor, return_weights: bool = False) -> torch.Tensor:
+        """images (B, C, H, W) -> the final normalised tokens (B, 1 + N, D), class token first."""
+        _check_images(images, self.config.in_channels)
+        B, C, H, W = images.shape
+        grid = _grid(self.config.patch_size, H, W)
+        x = self.patch_embed(images)                                     # (B, N, D)
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)      # (B, 1 + N, D)
+        x = self.drop(x + self.position_embedding(grid))                 # (B, 1 + N, D)
+        for block in self.blocks:
+            x = block(x, return_weights=return_weights)                  # (B, 1 + N, D)
+        return self.norm(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(images)                                          # (B, 1 + N, D)
+        pooled = x[:, 0] if self.config.pool == "cls" else x[:, 1:].mean(dim=1)   # (B, D)
+        return self.head(pooled)                                         # (B, num_classes)
+
+    @torch.no_grad()
+    def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of every layer (in eval mode): a list of n_layer (B, H, 1 + N, 1 + N)."""
+        was_training = self.training
+        self.eval()
+        try:
+            self.tokens(images, return_weights=True)
+            return [block.last_attention for block in self.blocks]
+        finally:
+            self.train(was_training)
+            for block in self.blocks:
+                block.last_attention = None  # do not keep a batch's maps alive in the model
+
+    def cls_attention(self, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """How much the class token attends to each patch, per head: (B, H, gh, gw)."""
+        n = self.config.n_layer
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
+            raise ValueError(f"layer: expected an int in {-n}..{n - 1}, got {layer!r}")
+        weights = self.attention_maps(images)[layer]                     # (B, H, 1 + N, 1 + N)
+        gh, gw = _grid(self.config.patch_size, *images.shape[-2:])
+        return weights[:, :, 0, 1:].reshape(*weights.shape[:2], gh, gw)  # (B, H, gh, gw)
+
+
+# ---- the convolutional baseline --------------------------------------------------------------
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU stages (width w, 2w, 4w; 2x2 max-pooling between) -> global average
+    -> linear head. Translation equivariance and locality built in: the baseline of question 3.1."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 30, width: int = 32,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width)):
+            _check_positive_int(name, value)
+        layers, c_in = [], in_channels
+        with torch.random.fork_rng(devices=[]):  # the default init is redrawn from ``generator`` below
+            for i, c_out in enumerate((width, 2 * width, 4 * width)):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+                layers += [nn.MaxPool2d(2)] if i < 2 else []
+                c_in = c_out
+            self.features = nn.Sequential(*layers)
+            self.head = nn.Linear(4 * width, num_classes)
+        with torch.no_grad():  # PyTorch's default U(+-1/sqrt(fan_in)), from ``generator``
+            for m in (*self.features, self.head):
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    bound = 1.0 / math.sqrt(m.weight[0].numel())
+                    nn.init.uniform_(m.weight, -bound, bound, generator=generator)
+            nn.init.uniform_(self.head.bias, -bound, bound, generator=generator)
+
+    @staticmethod
+    def count_parameters(in_channels: int, num_classes: int, width: int) -> int:
+        """The parameter count of ``SmallCNN(in_channels, num_classes, width)``, without building it."""
+        w = width
+        convs = 9 * (in_channels * w + w * 2 * w + 2 * w * 4 * w)   # 3x3 kernels, no bias
+        norms = 2 * (w + 2 * w + 4 * w)                              # BatchNorm scale and shift
+        return convs + norms + 4 * w * num_classes + num_classes
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _check_images(images, self.features[0].in_channels)
+        h = self.features(images)                                    # (B, 4w, H/4, W/4)
+        return self.head(h.mean(dim=(2, 3)))                         # (B, num_classes)
+
+
+def cnn_width_for(num_parameters: int, in_channels: int = 3, num_classes: int = 30) -> int:
+    """The ``SmallCNN`` width whose parameter count is closest to ``num_parameters``."""
+    _check_positive_int("num_parameters", num_parameters)
+    width = 1
+    while SmallCNN.count_parameters(in_channels, num_classes, width + 1) <= num_parameters:
+        width += 1
+    below, above = (SmallCNN.count_parameters(in_channels, num_classes, w) for w in (width, width + 1))
+    return width if num_parameters - below <= above - num_parameters else width + 1
+
+
+# ---- training and evaluation -----------------------------------------------------------------
+
+def _check_data(images: Any, labels: Any) -> None:
+    _check_images(images)
+    if not isinstance(labels, torch.Tensor) or labels.shape != images.shape[:1] or labels.dtype != torch.long:
+        got = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected a long tensor shaped ({images.shape[0]},), got {got}")
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random horizontal flips and shifts of up to ``max_shift`` pixels (edge-padded): label-preserving
+    for ShapeWorld, whose classes do not depend on left and right or on the exact position."""
+    B, C, H, W = images.shape
+    flip = torch.rand(B, generator=generator) < 0.5                          # (B,)
+    images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
+    padded = F.pad(images, (max_shift,) * 4, mode="replicate")              # (B, C, H + 2s, W + 2s)
+    dy, dx = torch.randint(2 * max_shift + 1, (2, B), generator=generator).tolist()
+    return torch.stack([padded[b, :, dy[b]:dy[b] + H, dx[b]:dx[b] + W] for b in range(B)])  # (B, C, H, W)
+
+
+def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
+                     generator: torch.Generator, batch_size: int = 32, lr: float = 2e-3,
+                     weight_decay: float = 0.05, label_smoothing: float = 0.0, augment: bool = False,
+                     max_seconds: float | None = None, progress: bool = True,
+                     desc: str = "train classifier") -> History:
+    """Train any image classifier (``ViT``, ``SmallCNN``) with cross-entropy on random batches.
+
+    AdamW, linear warm-up over the first 5% of the steps, then cosine decay to zero, gradient
+    clipping at 1: the recipe of ViT training (Dosovitskiy et al. 2021; Touvron et al. 2021),
+    shortened to a CPU minute. Batches are drawn with ``generator``; the model is left in eval mode.
+    """
+    _check_data(images, labels)
+    _check_positive_int("steps", steps)
+    _check_positive_int("batch_size", batch_size)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    device = next(model.parameters()).device
+    images, labels = images.to(device), labels.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(images.shape[0], (batch_size,), generator=generator).to(device)  # (B,)
+        x = images[index]
+        return (augment_batch(x, generator) if augment else x), labels[index]
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+
+    history = train(model, loss_fn, next_batch, steps=steps, optimizer=optimizer,
+                    scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), grad_clip=1.0,
+                    max_seconds=max_seconds, progress=progress, desc=desc)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+    """The fraction of ``images`` whose most likely class is the label (model in eval mode)."""
+    _check_data(images, labels)
+    _check_positive_int("batch_size", batch_size)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, images.shape[0], batch_size):
+        logits = model(images[start:start + batch_size].to(device))             # (b, num_classes)
+        correct += (logits.argmax(dim=-1).cpu() == labels[start:start + batch_size].cpu()).sum().item()
+    model.train(was_training)
+    return correct / max(1, images.shape[0])
