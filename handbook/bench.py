@@ -200,9 +200,39 @@ def bench_grading(repeats: int) -> list[Result]:
     ]
 
 
+def bench_transformer(repeats: int) -> list[Result]:
+    """Chapter 2: the caption GPT at the notebook's default settings, and its key-value cache."""
+    from handbook.device import make_generator
+    from handbook.language import sample_captions, train_chapter_model, valid_fraction
+
+    runs = [train_chapter_model(seed=0, progress=False) for _ in range(repeats)]
+    model, history, tokenizer = runs[0]
+    samples = sample_captions(model, tokenizer, 500, make_generator(1))
+    results = [
+        result("ch2.valid_captions", [valid_fraction(samples)], "fraction", ">= 0.95",
+               f"500 captions sampled at temperature 1 after {history.steps} training steps (notebook defaults)"),
+        result("ch2.training_seconds", [run[1].seconds for run in runs], "s", "<= 60",
+               f"{history.steps} steps of 16 windows of 144 tokens, 4 layers x 64 wide"),
+    ]
+    for batch in (16, 1):
+        speedups = []
+        prompt = torch.full((batch, 1), tokenizer.bos_id)
+        for r in range(max(3, repeats)):
+            seconds = {}
+            for use_cache in (True, False):
+                start = time.perf_counter()
+                model.generate(prompt, 128, generator=make_generator(r), use_cache=use_cache)
+                seconds[use_cache] = time.perf_counter() - start
+            speedups.append(seconds[False] / seconds[True])
+        results.append(result(f"ch2.kv_cache_speedup_batch{batch}", speedups, "x", ">= 3" if batch == 16 else "",
+                              f"128 new tokens for {batch} sequence(s), uncached time / cached time"))
+    return results
+
+
 PARTS: dict[str, Callable[[int], list[Result]]] = {
     "shapeworld": bench_shapeworld,
     "judge": bench_judge,
+    "transformer": bench_transformer,
     "notebooks": bench_notebooks,
     "grading": bench_grading,
     "suite": bench_suite,

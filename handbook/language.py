@@ -125,3 +125,25 @@ def valid_fraction(captions: list[str]) -> float:
     if not captions:
         raise ValueError("captions: expected at least one caption")
     return sum(sw.is_valid_caption(text) for text in captions) / len(captions)
+
+
+# The chapter's default settings (notebook 02, section 6); the benchmark measures exactly these.
+CHAPTER_CORPUS_SIZE = 20_000
+CHAPTER_BLOCK_SIZE = 144       # room for a 128-token generation after a prompt
+CHAPTER_STEPS = 200
+CHAPTER_BATCH_SIZE = 16
+
+
+def train_chapter_model(seed: int = 0, steps: int = CHAPTER_STEPS, progress: bool = True):
+    """The chapter's GPT trained with the notebook's default settings -> (model, history, tokenizer)."""
+    from handbook.device import make_generator
+    from handbook.transformer import GPT, GPTConfig
+
+    tokenizer = sw.CaptionTokenizer()
+    generator = make_generator(seed)
+    stream = token_stream(caption_corpus(CHAPTER_CORPUS_SIZE, generator), tokenizer)
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig.caption_model(tokenizer.vocab_size, block_size=CHAPTER_BLOCK_SIZE))
+    history = train_language_model(model, stream, steps, make_generator(seed), batch_size=CHAPTER_BATCH_SIZE,
+                                   progress=progress)
+    return model, history, tokenizer

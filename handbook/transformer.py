@@ -150,6 +150,13 @@ class GPT(nn.Module):
         # Weight tying (Press & Wolf 2017): reading and writing a token use the same vectors.
         self.lm_head.weight = self.token_embedding.weight
         self.apply(self._init_weights)
+        # Sinusoidal positions have amplitude 1. GPT's token embeddings (std 0.02) would drown in
+        # them, so follow the Transformer paper instead (section 3.4): embeddings of std
+        # 1/sqrt(D), multiplied by sqrt(D) in the forward pass, so tokens and positions weigh alike.
+        self.embedding_scale = 1.0
+        if c.positional == "sinusoidal":
+            nn.init.normal_(self.token_embedding.weight, mean=0.0, std=c.d_model ** -0.5)
+            self.embedding_scale = math.sqrt(c.d_model)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 L), so the
         # variance of the stream does not grow with depth (2 writes per layer: attention and MLP).
         for block in self.blocks:
@@ -186,7 +193,7 @@ class GPT(nn.Module):
             pos = self.position_embedding(torch.arange(start, start + T, device=idx.device))  # (T, D)
         else:
             pos = self.position_encoding[start:start + T]                                    # (T, D)
-        return self.drop(self.token_embedding(idx) + pos)                                    # (B, T, D)
+        return self.drop(self.token_embedding(idx) * self.embedding_scale + pos)                                    # (B, T, D)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 caches: list[KVCache] | None = None, return_weights: bool = False,

@@ -23,8 +23,10 @@ def test_forward_shapes_and_loss(overrides):
     logits, loss = model(idx)
     assert logits.shape == (3, 9, 11) and loss is None
     logits, loss = model(idx, targets=idx)
-    # A new model knows nothing: its loss is close to that of a uniform guess, log(V).
-    assert loss.item() == pytest.approx(torch.log(torch.tensor(11.0)).item(), abs=0.3)
+    # A new model knows nothing: its loss is close to that of a uniform guess, log(V) (the
+    # sinusoidal variant's unit-scale embeddings give it logits of about unit spread: a bit above).
+    tolerance = 1.0 if overrides.get("positional") == "sinusoidal" else 0.3
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(11.0)).item(), abs=tolerance)
 
 
 def test_every_parameter_gets_a_gradient():
