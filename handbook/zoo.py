@@ -98,6 +98,20 @@ register(
     )
 )
 
+register(
+    ZooEntry(
+        name="ddpm_shapeworld",
+        description=(
+            "Chapter 5: class-conditional DDPM (U-Net, 24x24 ShapeWorld, 30 shape x colour classes, "
+            "null class for classifier-free guidance, cosine schedule T=1000)"
+        ),
+        builder="handbook.ddpm_images:build",
+        trainer="handbook.ddpm_images:train_model",
+        seed=0,
+        steps=3000,
+    )
+)
+
 
 def _entry(name: str) -> ZooEntry:
     if name not in REGISTRY:
