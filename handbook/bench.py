@@ -229,10 +229,50 @@ def bench_transformer(repeats: int) -> list[Result]:
     return results
 
 
+def bench_unet(repeats: int) -> list[Result]:
+    """Chapter 4: the denoiser at the notebook's default settings, PSNR gain at sigma = 0.5."""
+    from handbook.denoising import bar_gain
+
+    runs = [bar_gain(seed=0) for _ in range(repeats)]
+    first = runs[0]
+    return [
+        result("ch4.psnr_gain_db", [r["gain"] for r in runs], "dB", ">= 8",
+               f"held-out test renders, sigma = {first['sigma']} on images in [-1, 1]: "
+               f"{first['noisy_psnr']:.1f} dB noisy -> {first['denoised_psnr']:.1f} dB denoised; "
+               f"{first['steps']} steps (stopped by {first['stopped_by']})"),
+        result("ch4.training_seconds", [r["train_seconds"] for r in runs], "s", "<= 60",
+               "the denoiser's training at the notebook's default settings"),
+    ]
+
+
+def bench_ddpm(repeats: int) -> list[Result]:
+    """Chapter 5: 2D samples against held-out points; the shipped image model with guidance."""
+    from handbook.ddpm2d import bar_2d
+    from handbook.ddpm_images import EVAL_IMAGES, benchmark
+
+    two_d = [bar_2d(seed=0) for _ in range(repeats)]
+    images = benchmark()
+    n = EVAL_IMAGES
+    return [
+        result("ch5.sliced_wasserstein_ratio_2d", [r["ratio"] for r in two_d], "x", "<= 2",
+               f"2,000 DDPM samples vs held-out outline points, over held-out vs held-out "
+               f"({two_d[0]['sw_model']:.4f} / {two_d[0]['sw_data']:.4f})"),
+        result("ch5.ddpm1000_recognition", [images["ddpm1000_recognition"]], "fraction", ">= 0.8",
+               f"{n} class-conditional samples with guidance, judged as the requested shape and colour"),
+        result("ch5.ddim50_over_ddpm1000", [images["ddim50_over_ddpm1000"]], "x", ">= 0.9",
+               f"DDIM-50 recognition {images['ddim50_recognition']:.3f} over DDPM-1000's"),
+        result("ch5.ddpm1000_fid", [images["ddpm1000_fid"]], "", "",
+               f"ShapeWorld FID of the {n} DDPM-1000 samples (biased upwards at this n)"),
+        result("ch5.ddim50_fid", [images["ddim50_fid"]], "", "", f"ShapeWorld FID of the {n} DDIM-50 samples"),
+    ]
+
+
 PARTS: dict[str, Callable[[int], list[Result]]] = {
     "shapeworld": bench_shapeworld,
     "judge": bench_judge,
     "transformer": bench_transformer,
+    "unet": bench_unet,
+    "ddpm": bench_ddpm,
     "notebooks": bench_notebooks,
     "grading": bench_grading,
     "suite": bench_suite,
