@@ -15,13 +15,7 @@ from handbook.unet import UNet, UNetConfig
 B, C, H = 4, 3, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models, many small operations: one thread stays fast on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _x0(seed=0, n=B, h=H):

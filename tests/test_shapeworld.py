@@ -12,14 +12,7 @@ from handbook.shapeworld import dataset as ds
 from handbook.shapeworld import geometry as geo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small tensor operations: on one thread they stay fast on a busy machine
-    (the same reason handbook.shapeworld computes on one thread)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 ALL_CAPTIONS = [sw.caption(s, c, z, view) for s in sw.SHAPES for c in sw.COLOURS for z in sw.SIZES

@@ -16,14 +16,7 @@ N_CLASSES = 5
 CONTEXT_DIM = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models, many small operations: one thread stays fast on a busy machine, where a
-    second one makes every operation wait (as in tests/test_shapeworld.py)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _gen(seed: int = 0) -> torch.Generator:
