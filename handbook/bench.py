@@ -229,6 +229,32 @@ def bench_transformer(repeats: int) -> list[Result]:
     return results
 
 
+def bench_vit(repeats: int) -> list[Result]:
+    """Chapter 3: the notebook's main ViT (standardised pixels, 150 steps), test accuracy on shape x colour."""
+    from handbook import shapeworld
+    from handbook.device import make_generator
+    from handbook.vit import ViT, ViTConfig, accuracy, train_classifier
+
+    train = shapeworld.load_images("train", n=10_000, resolution=32, seed=0)
+    test = shapeworld.load_images("test", n=2_000, resolution=32, seed=1)
+    # Per-channel standardisation with the training set's statistics, as the notebook does.
+    mean = train.images.mean(dim=(0, 2, 3))[:, None, None]
+    std = train.images.std(dim=(0, 2, 3))[:, None, None]
+    x_train, x_test = (train.images - mean) / std, (test.images - mean) / std
+    accuracies, seconds = [], []
+    for _ in range(repeats):
+        torch.manual_seed(0)
+        model = ViT(ViTConfig.shapeworld(), generator=make_generator(0))
+        history = train_classifier(model, x_train, train.class_index, 150, make_generator(0), progress=False)
+        accuracies.append(accuracy(model, x_test, test.class_index))
+        seconds.append(history.seconds)
+    return [
+        result("ch3.test_accuracy", accuracies, "fraction", ">= 0.9",
+               "shape x colour (30 classes), 2,000 test renders, after the notebook's 150 steps of batch 32"),
+        result("ch3.training_seconds", seconds, "s", "<= 60", "ViTConfig.shapeworld(), 10,000 training renders"),
+    ]
+
+
 def bench_unet(repeats: int) -> list[Result]:
     """Chapter 4: the denoiser at the notebook's default settings, PSNR gain at sigma = 0.5."""
     from handbook.denoising import bar_gain
@@ -271,6 +297,7 @@ PARTS: dict[str, Callable[[int], list[Result]]] = {
     "shapeworld": bench_shapeworld,
     "judge": bench_judge,
     "transformer": bench_transformer,
+    "vit": bench_vit,
     "unet": bench_unet,
     "ddpm": bench_ddpm,
     "notebooks": bench_notebooks,
