@@ -2,6 +2,12 @@
 
 One module per chapter model, plus the shared parts every chapter uses:
 
+- ``handbook.attention``   attention, masks, multi-head (self and cross) attention, KV cache (ch. 2 on)
+- ``handbook.transformer`` the GPT and its Transformer block; ``handbook.language`` its caption data (ch. 2)
+- ``handbook.vit``         patches, 2D positions, the Vision Transformer, a CNN baseline (ch. 3)
+- ``handbook.unet``        the U-Net; ``handbook.denoising`` chapter 4's denoiser (ch. 4)
+- ``handbook.diffusion``   noise schedules, DDPM/DDIM steps and samplers, guidance (ch. 5 on)
+- ``handbook.ddpm2d``, ``handbook.ddpm_images``  chapter 5's 2D and image diffusion models
 - ``handbook.shapeworld``  the course's generated data (images, captions, 3D shapes, 2D points)
 - ``handbook.device``      CPU by default, CUDA or MPS when present
 - ``handbook.training``    a small trainer: explicit loop, progress bar, EMA
