@@ -18,6 +18,7 @@ One module per chapter model, plus the shared parts every chapter uses:
 - ``handbook.plotting``    image grids and loss curves
 - ``handbook.widgets``     the ipywidgets explorers the chapters share
 - ``handbook.notebooks``   student notebooks generated from the solutions
+- ``handbook.notebook_runner`` runs a whole notebook with nbclient (benchmark, tests)
 - ``handbook.bench``       the benchmark table
 """
 

@@ -93,12 +93,12 @@ def test_student_version_of_toy_notebook():
     assert "return x * x" in solution.cells[2].source and solution.cells[1].outputs
 
 
-def test_student_version_runs_and_raises_only_in_exercise_cells():
+def test_student_version_runs_and_raises_only_in_exercise_cells(tmp_path):
     """The generated notebook executes: the exercise cells raise NotImplementedError, nothing else."""
-    from nbclient import NotebookClient
+    from handbook.notebook_runner import execute_notebook
 
     student = nbp.student_version(_toy_notebook())
-    NotebookClient(student, timeout=60, kernel_name="python3", allow_errors=True).execute()
+    execute_notebook(student, tmp_path, timeout=60, allow_errors=True)
     errors = {c.metadata.get("nbgrader", {}).get("grade_id"): o.ename
               for c in student.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"}
     assert errors == {"sq": "NotImplementedError", "sq_check": "NotImplementedError"}
