@@ -273,11 +273,12 @@ def bench_unet(repeats: int) -> list[Result]:
 def bench_ddpm(repeats: int) -> list[Result]:
     """Chapter 5: 2D samples against held-out points; the shipped image model with guidance."""
     from handbook.ddpm2d import bar_2d
-    from handbook.ddpm_images import EVAL_IMAGES, benchmark
+    from handbook.ddpm_images import EVAL_IMAGES, benchmark, real_roundtrip_recognition
 
     two_d = [bar_2d(seed=0) for _ in range(repeats)]
     images = benchmark()
     n = EVAL_IMAGES
+    real = real_roundtrip_recognition(n=n)  # the ceiling: real renders through the same 24 -> 32 px path
     return [
         result("ch5.sliced_wasserstein_ratio_2d", [r["ratio"] for r in two_d], "x", "<= 2",
                f"2,000 DDPM samples vs held-out outline points, over held-out vs held-out "
@@ -289,6 +290,10 @@ def bench_ddpm(repeats: int) -> list[Result]:
         result("ch5.ddpm1000_fid", [images["ddpm1000_fid"]], "", "",
                f"ShapeWorld FID of the {n} DDPM-1000 samples (biased upwards at this n)"),
         result("ch5.ddim50_fid", [images["ddim50_fid"]], "", "", f"ShapeWorld FID of the {n} DDIM-50 samples"),
+        result("ch5.real_roundtrip_recognition", [real["recognition"]], "fraction", "",
+               f"the pipeline's ceiling: {n} real renders taken to 24x24 and back up to 32x32"),
+        result("ch5.real_roundtrip_fid", [real["fid"]], "", "",
+               f"FID of those {n} real renders: the best a model can score at this n"),
     ]
 
 

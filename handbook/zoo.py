@@ -108,7 +108,7 @@ register(
         builder="handbook.ddpm_images:build",
         trainer="handbook.ddpm_images:train_model",
         seed=0,
-        steps=3000,
+        steps=8000,
     )
 )
 
@@ -197,7 +197,8 @@ def train_entry(
         "options": options,
         # Float results on a CPU depend on the thread count (the order of summation), so a rerun
         # is bit-identical only with the same number of threads.
-        "torch_threads": torch.get_num_threads(),
+        # A trainer that sets its own thread count reports it (it restores the caller's on return).
+        "torch_threads": report.get("torch_threads", torch.get_num_threads()),
         "device": str(next(report["model"].parameters()).device),
     }
     return save_checkpoint(Path(out_dir or WEIGHTS_DIR) / entry.name, report["model"], meta)

@@ -49,3 +49,18 @@ def test_trainer_report_has_the_zoo_keys():
     report = ddpm_images.train_model(seed=0, steps=2, progress=False, evaluate_after=False, n_train=64, batch_size=4)
     assert set(report) >= {"model", "seconds", "steps", "metrics", "config"}
     assert report["steps"] == 2 and report["config"]["model"]["num_classes"] == ddpm_images.NUM_CLASSES
+
+
+def test_the_manifest_records_the_threads_the_trainer_used(tmp_path):
+    """The trainer runs on one thread and restores the caller's count; the manifest must say 1."""
+    from handbook import zoo
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        meta = zoo.train_entry(ddpm_images.NAME, steps=2, out_dir=tmp_path, progress=False, evaluate_after=False,
+                               n_train=64, batch_size=4)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert meta["torch_threads"] == 1 and meta["steps"] == 2
