@@ -23,7 +23,6 @@ gain nothing from a second thread, and on a busy machine waiting for it costs ma
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -128,12 +127,9 @@ class NoisyClassifier(nn.Module):
 
 
 def _warmup_cosine(total: int, warmup: int = 50, final: float = 0.05):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
+    from handbook.training import warmup_cosine
+
+    return lambda step: warmup_cosine(step, warmup, total, final)
 
 
 def train_2d(points: torch.Tensor, labels: torch.Tensor | None = None, schedule: diffusion.NoiseSchedule | None = None,

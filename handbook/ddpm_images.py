@@ -22,7 +22,6 @@ with guidance) and the ShapeWorld FID.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -112,13 +111,6 @@ class TrainingConfig:
     threads: int = 1
 
 
-def _lr_factor(step: int, warmup: int, total: int, final: float) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_model(seed: int = 0, steps: int = DEFAULT_STEPS, progress: bool = True, evaluate_after: bool = True,
                 **overrides: Any) -> dict[str, Any]:
     """Train the class-conditional model from scratch; return the zoo's training report.
@@ -142,7 +134,7 @@ def train_model(seed: int = 0, steps: int = DEFAULT_STEPS, progress: bool = True
 
 def _train(config: TrainingConfig, seed: int, steps: int, progress: bool, evaluate_after: bool) -> dict[str, Any]:
     from handbook import shapeworld
-    from handbook.training import train
+    from handbook.training import train, warmup_cosine
 
     generator = torch.Generator().manual_seed(seed)
 
@@ -167,7 +159,7 @@ def _train(config: TrainingConfig, seed: int, steps: int, progress: bool, evalua
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, config.warmup, steps, config.final_lr_fraction))
+        optimizer, lambda s: warmup_cosine(s, config.warmup, steps, config.final_lr_fraction))
     history = train(model, loss_fn, next_batch, steps, optimizer=optimizer, scheduler=lr_schedule,
                     ema_decay=config.ema_decay, grad_clip=config.grad_clip, progress=progress, desc=NAME)
     ema_model = history.ema.module if history.ema is not None else model

@@ -25,7 +25,6 @@ manifest records its accuracy on clean and on noisy test renders.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -265,7 +264,7 @@ def train_judge(
     is the optimisation time only; rendering the data is reported apart.
     """
     from handbook import metrics, shapeworld
-    from handbook.training import train
+    from handbook.training import train, warmup_cosine
 
     known = [f.name for f in dataclasses.fields(JudgeTrainingConfig)]
     unknown = sorted(set(overrides) - set(known))
@@ -293,7 +292,7 @@ def train_judge(
     model = Judge(config.model, generator=generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, int(config.warmup_fraction * steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _warmup_cosine(s, warmup, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, steps))
     history = train(
         model, judge_loss, next_batch, steps, optimizer=optimizer, scheduler=schedule, progress=progress, desc="judge"
     )
@@ -336,14 +335,6 @@ def _training_dict(config: JudgeTrainingConfig) -> dict[str, Any]:
     d = dataclasses.asdict(config)
     d.pop("model")
     return d
-
-
-def _warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up to 1, then a half cosine down to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def build_judge(config: dict[str, Any] | None = None) -> Judge:

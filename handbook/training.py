@@ -106,6 +106,15 @@ class History:
     stopped_by: str = "steps"
 
 
+def warmup_cosine(step: int, warmup: int, total: int, final: float = 0.0) -> float:
+    """Learning-rate factor at ``step`` (for ``LambdaLR``): a linear warm-up to 1 over ``warmup``
+    steps, then a half cosine down to ``final`` at step ``total`` (and ``final`` after it)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def _batch_source(batches: Iterable[Any] | Callable[[int], Any]) -> Callable[[int], Any]:
     """Turn ``batches`` into a function step -> batch.
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from handbook.checkpoints import check_state_dict, checkpoint_paths, load_checkpoint, save_checkpoint
+from handbook.ddpm_images import DEFAULT_STEPS as DDPM_IMAGES_STEPS
 from handbook.judge import DEFAULT_STEPS as JUDGE_STEPS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -108,7 +109,7 @@ register(
         builder="handbook.ddpm_images:build",
         trainer="handbook.ddpm_images:train_model",
         seed=0,
-        steps=8000,
+        steps=DDPM_IMAGES_STEPS,
     )
 )
 

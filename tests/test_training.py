@@ -169,3 +169,15 @@ def test_train_rejects_bad_input_and_a_nan_loss():
         train(model, lambda m, b: m(b[0]), batches, steps=1, progress=False)  # not a scalar
     with pytest.raises(FloatingPointError, match="step 1"):
         train(model, lambda m, b: _mse(m, b) * float("nan"), batches, steps=1, progress=False)
+
+
+def test_warmup_cosine_warms_up_linearly_then_decays_to_final():
+    from handbook.training import warmup_cosine
+
+    assert [warmup_cosine(s, 4, 20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert warmup_cosine(4, 4, 20) == 1.0                                  # the cosine starts at its top
+    assert warmup_cosine(12, 4, 20, final=0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway
+    factors = [warmup_cosine(s, 4, 20, final=0.1) for s in range(4, 21)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))              # never rises after warm-up
+    assert warmup_cosine(20, 4, 20, final=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(500, 4, 20, final=0.1) == pytest.approx(0.1)     # stays at final past total
