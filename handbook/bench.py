@@ -278,7 +278,7 @@ def bench_ddpm(repeats: int) -> list[Result]:
     two_d = [bar_2d(seed=0) for _ in range(repeats)]
     images = benchmark()
     n = EVAL_IMAGES
-    real = real_roundtrip_recognition(n=n)  # the ceiling: real renders through the same 24 -> 32 px path
+    real = real_roundtrip_recognition(n=n)  # the yardstick: real renders through the same 24 -> 32 px path
     return [
         result("ch5.sliced_wasserstein_ratio_2d", [r["ratio"] for r in two_d], "x", "<= 2",
                f"2,000 DDPM samples vs held-out outline points, over held-out vs held-out "
@@ -291,9 +291,9 @@ def bench_ddpm(repeats: int) -> list[Result]:
                f"ShapeWorld FID of the {n} DDPM-1000 samples (biased upwards at this n)"),
         result("ch5.ddim50_fid", [images["ddim50_fid"]], "", "", f"ShapeWorld FID of the {n} DDIM-50 samples"),
         result("ch5.real_roundtrip_recognition", [real["recognition"]], "fraction", "",
-               f"the pipeline's ceiling: {n} real renders taken to 24x24 and back up to 32x32"),
+               f"reference: {n} real renders taken to 24x24 and back up to 32x32, judged the same way"),
         result("ch5.real_roundtrip_fid", [real["fid"]], "", "",
-               f"FID of those {n} real renders: the best a model can score at this n"),
+               f"FID of those {n} real renders: the yardstick for a FID from {n} images"),
     ]
 
 

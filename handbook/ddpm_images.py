@@ -10,7 +10,7 @@ guidance, used for 10% of the training samples). It trains in about an hour on o
 
 Resolution. The model works on 24x24 images (renders at 32x32, area-averaged down), which costs
 about half of 32x32 per step; the judge reads 32x32, so samples are upsampled (bicubic) before
-judging. Real renders through that same round trip are recognised 94% of the time, so the
+judging. Real renders through that same round trip are recognised about 97% of the time, so the
 pipeline itself costs a few points of recognition (``real_roundtrip_recognition``).
 
 Pixels live in [-1, 1] for the model (``to_model``) and in [0, 1] at 32x32 for the judge
@@ -242,7 +242,7 @@ def evaluate(model=None, n: int = EVAL_IMAGES, sampler: str = "ddim", steps: int
 
 
 def real_roundtrip_recognition(n: int = 1000, fid_reference: int = 2000, judge=None) -> dict[str, float]:
-    """The ceiling of this pipeline: real renders (validation split) taken down to 24x24 and back
+    """A reference for this pipeline: real renders (validation split) taken down to 24x24 and back
     up, as the judge sees them; ``fid`` with n images is the "as good as real" FID to compare with."""
     from handbook import metrics, shapeworld, zoo
 
