@@ -2,8 +2,11 @@
 # A virtual environment is created in .venv on first use; nothing is installed system-wide.
 PYTHON ?= python3
 # torch is installed on its own, first: a plain "torch" requirement with no torch present can pull
-# several GB of CUDA packages. Override for another build, e.g. make lab TORCH="torch==2.5.1".
-TORCH ?= torch==2.13.0
+# several GB of CUDA packages. handbook/course/torch_build.py picks the CPU build on Linux without an
+# NVIDIA GPU (TORCH_BUILD=auto), or on request (TORCH_BUILD=cpu), and the default wheel otherwise
+# (TORCH_BUILD=default). TORCH="torch==2.5.1" installs exactly that requirement instead.
+TORCH ?=
+TORCH_BUILD ?= auto
 VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -14,8 +17,9 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install "$(TORCH)"
+	$(PY) handbook/course/torch_build.py --torch "$(TORCH)" --build "$(TORCH_BUILD)"
 	$(PY) -m pip install -e ".[lab,test]"
+	$(PY) handbook/course/torch_build.py --report
 	touch $(STAMP)
 
 lab: $(STAMP)

@@ -28,12 +28,15 @@ import torch
 from handbook import notebooks as nbp
 from handbook.grading import landlock, protocol
 from handbook.grading.checker import Chapter, Limits, questions
+from handbook.grading.sandbox import Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "01_introduction.ipynb"
 STUDENT = ROOT / "chapters" / "01_introduction.ipynb"
 QUESTIONS = ["ex1_kl_check", "ex2_reparam_check", "ex3_colour_check"]
-LIMITS = {"notebook_seconds": 120, "cell_seconds": 30, "call_seconds": 4, "memory_mb": 3072}
+# memory_mb is what the student's code gets on top of the ready kernel: 2 GB keeps the memory
+# bomb's 2 GB of touched pages well inside its 4 s.
+LIMITS = {"notebook_seconds": 120, "cell_seconds": 30, "call_seconds": 4, "memory_mb": 2048}
 
 
 def _load(path: Path) -> dict:
@@ -110,6 +113,9 @@ def _crafted(out_dir: Path, solutions_copy: Path) -> dict[str, dict[str, str]]:
                 while True:
                     blocks.append(bytearray(2 ** 28))
                 """)),
+        # The held-out hostile case: a loop at the very top of the first answer cell, so the
+        # cell is stopped by the time limit before it defines anything.
+        "loop_at_top": _submission(ex1_kl_answer="while True: pass\n\n" + _functions_only("ex1_kl_answer")),
         "deaf": _submission(ex1_kl_answer=_with("ex1_kl_answer", "kl_gaussians", """
             import time
             while True:
@@ -176,7 +182,7 @@ def _crafted(out_dir: Path, solutions_copy: Path) -> dict[str, dict[str, str]]:
 # The two checker processes' shares, balanced by expected time; a hostile case is never last in
 # its share, so the share shows that the checker goes on after it.
 SHARES = (["loop_and_bomb", "deaf", "exit", "unchanged", "solution"],
-          ["kill", "patched", "wrong", "tampered", "writes_and_warnings"])
+          ["kill", "loop_at_top", "patched", "wrong", "tampered", "writes_and_warnings"])
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +250,13 @@ def test_infinite_loop_times_out_and_the_rest_is_graded(graded):
     assert "kl_gaussians did not return within 4 s" in graded["results"]["loop_and_bomb"]["ex1_kl_check"]["message"]
 
 
+def test_answer_cell_stopped_by_the_time_limit_reads_as_a_timeout(graded):
+    assert _statuses(graded, "loop_at_top") == ["timeout", "pass", "pass"]
+    message = graded["results"]["loop_at_top"]["ex1_kl_check"]["message"]
+    assert message.startswith("kl_gaussians is not defined in your notebook")
+    assert f"your cell ex1_kl_answer was stopped after {LIMITS['cell_seconds']} s, the time limit of one cell" in message
+
+
 def test_loop_that_ignores_interrupts_never_passes(graded):
     results = graded["results"]["deaf"]
     assert _statuses(graded, "deaf") == ["error", "error", "error"]
@@ -254,7 +267,7 @@ def test_loop_that_ignores_interrupts_never_passes(graded):
 def test_memory_bomb_is_stopped_and_reported(graded):
     result = graded["results"]["loop_and_bomb"]["ex2_reparam_check"]
     assert result["status"] == "error" and "reparameterised_sample raised MemoryError" in result["message"]
-    assert "memory limit is 3072 MB" in result["message"]
+    assert f"memory limit is {LIMITS['memory_mb']} MB" in result["message"]
     # The kernel survived its MemoryError (ex3 is graded), and so did the checker: the next
     # submissions of its share were graded too.
     assert _statuses(graded, "loop_and_bomb")[2] == "pass"
@@ -502,3 +515,53 @@ def test_grading_seed_is_fixed_per_student_and_question_and_depends_on_the_secre
               grading_seed("other-hash", "alice/01_introduction.ipynb", "ex1_kl_check")}
     assert seed not in others and len(others) == 3
     assert 0 <= seed < 2 ** 32
+
+
+# -- the memory limit with libraries that reserve address space ------------------------------------
+
+# What the CUDA build of torch does at import, in miniature: gigabytes of address space mapped
+# and never touched. sitecustomize runs at interpreter start, before the sandbox's own code.
+_RESERVATION = '''
+import mmap, pathlib
+RESERVED_GB = 6
+_reserved = mmap.mmap(-1, RESERVED_GB * 2**30, prot=mmap.PROT_READ,
+                      flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
+(pathlib.Path(__file__).parent / "reserved.txt").write_text("yes")
+'''
+
+
+@pytest.fixture
+def reserving_kernels(tmp_path, monkeypatch):
+    """Student kernels start with 6 GB of untouched address space mapped, like the CUDA build's."""
+    (tmp_path / "sitecustomize.py").write_text(_RESERVATION)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))   # the kernel keeps PYTHONPATH
+    yield
+    assert (tmp_path / "reserved.txt").read_text() == "yes", "the kernel did not start with the reservation"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the limit is measured from /proc")
+def test_memory_limit_counts_real_memory_not_reserved_address_space(reserving_kernels):
+    from handbook.grading.sandbox import KernelLimits, SandboxedKernel
+
+    memory_mb = 1024
+    with SandboxedKernel(KernelLimits(memory_mb=memory_mb, cpu_seconds=120)) as kernel:   # it starts
+        real_data = f"import numpy\ndata = numpy.ones(({memory_mb} - 256) * 2**20 // 8)\nassert data.sum() == data.size"
+        assert kernel.run(real_data, timeout=60) == Outcome("ok")   # touched pages: real memory
+        assert kernel.run("del data", timeout=10) == Outcome("ok")
+        bomb = kernel.run("blocks = []\nwhile True:\n    blocks.append(bytearray(2 ** 27))", timeout=60)
+        assert bomb.status == "error" and bomb.error.startswith("MemoryError")
+        assert kernel.run("del blocks\nx = 1 + 1", timeout=10) == Outcome("ok"), "the kernel lives on"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the limit is measured from /proc")
+def test_memory_bomb_is_reported_with_the_limit_above_reserved_address_space(reserving_kernels):
+    from handbook.grading.checker import grade_notebook
+
+    answers = _submission(ex2_reparam_answer=_with("ex2_reparam_answer", "reparameterised_sample", """
+        blocks = []
+        while True:
+            blocks.append(bytearray(2 ** 27))
+        """))
+    results = grade_notebook(_load(SOLUTION), answers, Limits(memory_mb=1024, cell_seconds=60, call_seconds=10))
+    assert [r["status"] for r in results] == ["pass", "error", "pass"], results
+    assert "raised MemoryError" in results[1]["message"] and "memory limit is 1024 MB" in results[1]["message"]

@@ -31,7 +31,9 @@ A question is worth its points when its check cell runs to the end, and nothing 
 - ``error``: anything else (the student's function raised, returned something that cannot cross,
   is not defined; the kernel died or stopped answering: then every later question is ``error``
   too, never ``pass``);
-- ``timeout``: a student's function ran out of time (it is interrupted; later questions go on).
+- ``timeout``: a student's function ran out of time (it is interrupted; later questions go on),
+  or the answer cell it depends on was stopped by a time limit (the message names the cell and
+  the limit).
 
 Command line (what the grading command runs, one process per group of submissions)::
 
@@ -87,7 +89,7 @@ class Limits:
     notebook_seconds: float = 300    # the whole student notebook run (cells after it are skipped)
     cell_seconds: float = 120        # one cell of that run (then it is interrupted)
     call_seconds: float = 60         # the student's code in one check: all its calls together
-    memory_mb: int = 4096            # address space of the student's kernel
+    memory_mb: int = 4096            # memory for the student's code, above the ready kernel's
     output_bytes: int = 256 * 2**20  # the largest value one call may return
 
     @classmethod
@@ -324,16 +326,64 @@ def _where_in_check(error: BaseException, question: Question, filename: str) -> 
     return False, lines[number - 1].strip() if 0 < number <= len(lines) else ""
 
 
-def _explain(error: StudentCodeError, chapter: Chapter, cell_errors: dict, limits: Limits) -> str:
-    """The student's exception, with what helps to understand it."""
+@dataclass(frozen=True)
+class CellFailure:
+    """Why an answer cell of the student's notebook did not run to its end."""
+
+    message: str
+    timed_out: bool = False               # stopped by a time limit (the cell's or the notebook's)
+    names: frozenset[str] = frozenset()   # what the student's cell defines at its top level
+
+
+def _top_level_names(source: str) -> frozenset[str]:
+    """Names a cell binds at its top level (functions, classes, assignments, imports)."""
+    try:
+        tree = ast.parse(_python_source(source))
+    except (SyntaxError, ValueError):
+        return frozenset()
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return frozenset(names)
+
+
+def _cell_behind(error: StudentCodeError, chapter: Chapter, cell_errors: dict) -> tuple[str, CellFailure] | None:
+    """The failed answer cell that explains ``error``: the one meant to define the missing
+    function, or a timed-out cell that defines the name a NameError misses."""
     grade_id = chapter.functions.get(error.function)
     if error.kind == MISSING and grade_id in cell_errors:
-        return f"{error} (your cell {grade_id} failed: {cell_errors[grade_id]})"
+        return grade_id, cell_errors[grade_id]
+    if error.kind == "NameError":
+        for grade_id, failure in cell_errors.items():
+            if failure.timed_out and any(f"'{name}'" in error.student_message for name in failure.names):
+                return grade_id, failure
+    return None
+
+
+def _explain(error: StudentCodeError, chapter: Chapter, cell_errors: dict, limits: Limits) -> tuple[str, str]:
+    """(status, message): the student's exception, with what helps to understand it.
+
+    The status is ``timeout`` when the function is missing because a time limit stopped the cell
+    it depends on (a ``while True`` at the top of an answer cell): the student's code ran out of
+    time, which is what the row must say.
+    """
+    behind = _cell_behind(error, chapter, cell_errors)
+    if behind:
+        grade_id, failure = behind
+        if failure.timed_out:
+            return "timeout", f"{error} (your cell {grade_id} {failure.message})"
+        return "error", f"{error} (your cell {grade_id} failed: {failure.message})"
     if error.kind == "NotImplementedError" and not error.student_message:
-        return f"{error.function} is not answered yet (it raises NotImplementedError)"
+        return "error", f"{error.function} is not answered yet (it raises NotImplementedError)"
     if error.kind == "MemoryError" or "can't allocate memory" in error.student_message:
-        return f"{error} (the memory limit is {limits.memory_mb} MB)"
-    return str(error)
+        return "error", f"{error} (the memory limit is {limits.memory_mb} MB)"
+    return "error", str(error)
 
 
 def grading_seed(secret: str, student: str, question: str) -> int:
@@ -372,7 +422,7 @@ def run_check(question: Question, chapter: Chapter, reference: dict, kernel: San
             return _result(question, "fail", f"a hidden test failed: {text}" if text else "a hidden test failed")
         return _result(question, "fail", text or f"assertion failed: {line}")
     except StudentCodeError as error:
-        return _result(question, "error", _explain(error, chapter, cell_errors, limits))
+        return _result(question, *_explain(error, chapter, cell_errors, limits))
     except Exception as error:  # noqa: BLE001 - e.g. a result of the wrong type meets a check
         hidden, line = _where_in_check(error, question, filename)
         where = " (in the hidden tests)" if hidden else (f" (in the check: {line})" if line else "")
@@ -386,26 +436,32 @@ def run_check(question: Question, chapter: Chapter, reference: dict, kernel: San
 
 
 def run_student_notebook(chapter: Chapter, answers: dict, kernel: SandboxedKernel, limits: Limits) -> dict:
-    """Run the rebuilt notebook in the kernel; return {answer grade_id: why its cell failed}."""
-    cell_errors: dict[str, str] = {}
+    """Run the rebuilt notebook in the kernel; return {answer grade_id: CellFailure}."""
+    cell_errors: dict[str, CellFailure] = {}
     deadline = time.monotonic() + limits.notebook_seconds
     for cell in chapter.cells:
         left = deadline - time.monotonic()
         if left <= 0:
             for later in chapter.cells:
                 if later.grade_id and later.index >= cell.index:
-                    cell_errors[later.grade_id] = f"not run: the notebook took more than {limits.notebook_seconds:.0f} s"
+                    cell_errors[later.grade_id] = CellFailure(
+                        f"was not run: the notebook took more than its time limit of {limits.notebook_seconds:.0f} s",
+                        timed_out=True)
             break
         source = chapter.answer_source(cell, answers) if cell.grade_id else cell.source
-        outcome = kernel.run(source, min(limits.cell_seconds, left), store_history=True)
+        cell_limit = min(limits.cell_seconds, left)
+        outcome = kernel.run(source, cell_limit, store_history=True)
         if outcome.status in ("dead", "unresponsive"):
             where = f"your cell {cell.grade_id}" if cell.grade_id else f"cell {cell.index} of the notebook"
             kernel.lost = f"{outcome.error}, while running {where}"
             break
         if cell.grade_id and outcome.status == "timeout":
-            cell_errors[cell.grade_id] = f"it was stopped after {min(limits.cell_seconds, left):.0f} s"
+            which = ("the time limit of one cell" if cell_limit == limits.cell_seconds
+                     else f"the time left of the notebook's {limits.notebook_seconds:.0f} s")
+            cell_errors[cell.grade_id] = CellFailure(f"was stopped after {cell_limit:.0f} s, {which}",
+                                                     timed_out=True, names=_top_level_names(source))
         elif cell.grade_id and outcome.status == "error":
-            cell_errors[cell.grade_id] = outcome.error
+            cell_errors[cell.grade_id] = CellFailure(outcome.error)
     return cell_errors
 
 

@@ -9,9 +9,10 @@ Before that process starts ipykernel (so before it has a second thread, and long
 student code), it
 
 1. moves into its scratch folder (a fresh temporary folder, deleted after grading);
-2. sets resource limits: address space (``--memory-mb``: a memory bomb gets a MemoryError or
-   dies, never the machine), CPU seconds (a backstop behind the checker's wall-clock limits),
-   file size (a disk bomb gets an error) and no core dumps;
+2. sets resource limits: CPU seconds (a backstop behind the checker's wall-clock limits),
+   file size (a disk bomb gets an error) and no core dumps; and, once the kernel is ready, the
+   address space: ``--memory-mb`` *on top of what the kernel has mapped by then* (see
+   ``_limit_memory``), so a memory bomb gets a MemoryError or dies, never the machine;
 3. applies Landlock (see ``landlock.py``): from then on it and its children can write only in
    the scratch folder, read only the Python installation, the ``handbook`` package, system
    libraries, the data caches and their own ``/proc/self`` (not the checker's environment, not
@@ -84,20 +85,49 @@ _PASSTHROUGH = ("ValueError", "TypeError", "IndexError", "KeyError", "LookupErro
 # Inside the sandbox: the launcher and the helper that serves calls
 # ============================================================================================
 
-def _set_limits(memory_mb: int, cpu_seconds: int, file_mb: int) -> None:
-    def limit(which, soft, hard=None):
-        hard = soft if hard is None else hard
-        current_hard = resource.getrlimit(which)[1]
-        if current_hard != resource.RLIM_INFINITY:
-            soft, hard = min(soft, current_hard), min(hard, current_hard)
-        resource.setrlimit(which, (soft, hard))
+def _limit(which, soft: int, hard: int | None = None) -> None:
+    """Lower a resource limit (never above a hard limit someone set before us)."""
+    hard = soft if hard is None else hard
+    current_hard = resource.getrlimit(which)[1]
+    if current_hard != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current_hard), min(hard, current_hard)
+    resource.setrlimit(which, (soft, hard))
 
-    limit(resource.RLIMIT_AS, memory_mb * 2**20)
+
+def _set_limits(cpu_seconds: int, file_mb: int) -> None:
     # SIGXCPU at the soft limit ends the kernel; the hard limit (SIGKILL) is the last word.
-    limit(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)
+    _limit(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)
     # Python ignores SIGXFSZ, so writing past the limit raises OSError (EFBIG) instead.
-    limit(resource.RLIMIT_FSIZE, file_mb * 2**20)
-    limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_FSIZE, file_mb * 2**20)
+    _limit(resource.RLIMIT_CORE, 0)
+
+
+def address_space_bytes() -> int:
+    """The address space this process has mapped (VmSize), or 0 where /proc does not say."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _limit_memory(memory_mb: int) -> str:
+    """Give the student's code ``memory_mb`` of address space on top of the ready kernel's.
+
+    Why address space, measured from a baseline: RLIMIT_AS is the one limit every Linux (and
+    macOS) enforces for an unprivileged process *at the allocation*, so a memory bomb gets a
+    MemoryError and the kernel lives on to grade the next question (RLIMIT_RSS is ignored by
+    Linux; a cgroup needs privileges or a delegated hierarchy most machines lack). But address
+    space is not memory used: the CUDA build of torch maps about 3.2 GB of libraries and
+    reservations at import, nearly none of it ever touched, while the CPU build maps far less.
+    A fixed RLIMIT_AS would therefore leave a student 4 GB under one build and 0.8 GB (or no
+    kernel at all) under the other. Set here, after ipykernel, torch and matplotlib are loaded and
+    before any student line runs, the limit means what the instructor asked for with either build:
+    memory the student's own code may take.
+    """
+    baseline = address_space_bytes()
+    _limit(resource.RLIMIT_AS, baseline + memory_mb * 2**20)
+    return f"memory: {memory_mb} MB for the student's code, on top of the kernel's own {baseline / 2**20:.0f} MB of address space"
 
 
 def _die_with_parent() -> None:
@@ -165,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     scratch = os.path.realpath(args.scratch)
     os.chdir(scratch)
-    _set_limits(args.memory_mb, args.cpu_seconds, args.file_mb)
+    _set_limits(args.cpu_seconds, args.file_mb)
     print(_confine(scratch, [os.path.realpath(p) for p in args.readable]), file=sys.stderr, flush=True)
 
     from ipykernel.kernelapp import IPKernelApp
@@ -173,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     app = IPKernelApp.instance()
     app.initialize(["-f", args.connection_file, "--HistoryManager.enabled=False"])
     _prepare_shell(app.shell)
+    print(_limit_memory(args.memory_mb), file=sys.stderr, flush=True)   # last step before student code
     app.start()
     return 0
 
@@ -233,7 +264,7 @@ def _where(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class KernelLimits:
-    memory_mb: int = 4096      # address space of the kernel process
+    memory_mb: int = 4096      # address space for the student's code, above the ready kernel's
     cpu_seconds: int = 1800    # CPU time of the kernel process (a backstop)
     file_mb: int = 512         # largest file the kernel may write
     message_mb: int = 256      # largest result of one call
@@ -305,7 +336,8 @@ def kernel_environment(scratch: Path) -> dict[str, str]:
     """The kernel's environment: the basics of ours, nothing secret, everything fast and quiet."""
     from handbook.shapeworld import dataset
 
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HANDBOOK_DEVICE")
+    # PYTHONPATH: the kernel must import what the grader imports (a source checkout, say).
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "HANDBOOK_DEVICE", "PYTHONPATH")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(
         HANDBOOK_CACHE=str(dataset.cache_dir().parent),   # read the data sets the grader made
