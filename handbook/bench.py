@@ -283,6 +283,9 @@ def bench_ddpm(repeats: int) -> list[Result]:
         result("ch5.sliced_wasserstein_ratio_2d", [r["ratio"] for r in two_d], "x", "<= 2",
                f"2,000 DDPM samples vs held-out outline points, over held-out vs held-out "
                f"({two_d[0]['sw_model']:.4f} / {two_d[0]['sw_data']:.4f})"),
+        result("ch5.ddim_full_over_ddpm_sw", [r["ddim_full_over_ddpm"] for r in two_d], "x", "<= 1.3",
+               f"deterministic DDIM with all T = 1000 steps over DDPM, same model and noise "
+               f"(sliced Wasserstein {two_d[0]['sw_ddim_full']:.4f} / {two_d[0]['sw_model']:.4f})"),
         result("ch5.ddpm1000_recognition", [images["ddpm1000_recognition"]], "fraction", ">= 0.8",
                f"{n} class-conditional samples with guidance, judged as the requested shape and colour"),
         result("ch5.ddim50_over_ddpm1000", [images["ddim50_over_ddpm1000"]], "x", ">= 0.9",

@@ -382,8 +382,13 @@ def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, t_prev, eps_pred: t
 
     x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_pred + sigma z, with
     sigma = eta sqrt((1 - a_prev) / (1 - a)) sqrt(1 - a / a_prev)  (eq. 16). eta = 0 is the
-    deterministic sampler, eta = 1 is DDPM with beta_tilde. With ``clip_x0`` only x0_hat is
-    clipped; the direction term keeps eps_pred, as diffusers does (use_clipped_model_output=False).
+    deterministic sampler, eta = 1 is DDPM with beta_tilde. With ``clip_x0``, x0_hat is clipped
+    to [-1, 1] *and eps is re-derived from the clipped x0_hat* (eq. 4 solved for eps), as DiT's
+    sampler does and diffusers' ``use_clipped_model_output=True``: x_prev must stay on the line
+    through x_t that the clipped x0_hat defines. Keeping the unclipped eps instead pairs a clean
+    x0_hat with a noise direction that no longer explains x_t; at small t (where the deterministic
+    sampler never forgets an error) that bunches samples into clusters: with all 1000 steps on
+    chapter 5's 2D model, sliced Wasserstein 0.36 instead of DDPM's 0.04.
     When eta > 0, z is drawn at every step (even the last, where sigma = 0), as diffusers does.
     """
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
@@ -395,6 +400,7 @@ def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, t_prev, eps_pred: t
         raise ValueError(f"t_prev: expected t_prev < t, got t_prev={t_prev.tolist()} and t={t.tolist()}")
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps_pred = predict_eps(schedule, x_t, t, x0_hat)  # eps consistent with the clipped x0_hat
     a = _coef(schedule.alpha_bars, t, x_t)
     a_prev = _coef(torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bars]), t_prev + 1, x_t)
     sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()  # eq. 16

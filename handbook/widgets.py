@@ -34,7 +34,9 @@ def explorer(fn, **controls) -> widgets.interactive:
         Parameters of ``fn`` not named in ``controls`` keep their defaults.
     controls: name -> an ipywidgets control, or an ``interact`` abbreviation
         (``(0.0, 1.0)`` a float slider, ``(0, 10, 2)`` an int slider, ``["a", "b"]`` a dropdown,
-        ``True`` a checkbox, ``ipywidgets.fixed(x)`` a constant).
+        ``True`` a checkbox, ``ipywidgets.fixed(x)`` a constant). A control built from an
+        abbreviation starts at fn's default for that parameter, if it has one; a control given as
+        a widget keeps the value it was given.
 
     The figure is drawn once when the widget is built (so a notebook executed headless still
     shows it). The returned widget is an ``ipywidgets.interactive`` (a VBox of the controls and an
@@ -74,12 +76,29 @@ def explorer(fn, **controls) -> widgets.interactive:
         return figures[0] if figures else result
 
     # interactive builds one control per parameter of the function it is given: expose exactly
-    # the controls asked for (keyword-only), not every defaulted parameter of fn.
+    # the controls asked for (keyword-only), not every defaulted parameter of fn. Each carries
+    # fn's default, which interactive makes the initial value of a slider or a dropdown built
+    # from an abbreviation (without it, every slider would open mid-range).
+    defaults = _defaults(fn)
     draw.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in controls]
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults.get(name, inspect.Parameter.empty))
+         for name in controls]
     )
     draw.__name__ = getattr(fn, "__name__", "draw")
+    # A single value (True: a checkbox) is its own initial value to interactive: give it fn's.
+    controls = {name: widgets.Checkbox(value=bool(defaults[name]), description=name)
+                if isinstance(control, bool) and name in defaults else control
+                for name, control in controls.items()}
     return widgets.interactive(draw, **controls)
+
+
+def _defaults(fn) -> dict:
+    """fn's parameters that have a default, with it."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def _depth_for_display(depth: np.ndarray) -> np.ndarray:

@@ -229,7 +229,8 @@ def test_ddim_step_matches_diffusers(eta, clip):
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < steps else -1
         z = _randn(SHAPE, 10 + i, F64)
-        expected = ref.step(eps, t, x_t, eta=eta, variance_noise=z).prev_sample
+        # clip: x0_hat clipped and eps re-derived from it (use_clipped_model_output=True)
+        expected = ref.step(eps, t, x_t, eta=eta, variance_noise=z, use_clipped_model_output=clip).prev_sample
         got = ddim_step(schedule, x_t, t, t_prev, eps, eta=eta, noise=z, clip_x0=clip)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 

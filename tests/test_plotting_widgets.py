@@ -195,6 +195,26 @@ def test_explorer_builds_the_controls_asked_for_and_draws_once():
     assert plt.get_fignums() == []  # displayed and closed, nothing leaks
 
 
+def test_explorer_controls_start_at_the_functions_defaults():
+    calls = []
+
+    def draw(t=250, shape="cube", shaded=False, scale=1.5, untouched=3):
+        calls.append((t, shape, shaded, scale))
+        plt.plot([t, t])
+
+    w = explorer(draw, t=(0, 980, 10), shape=["sphere", "cube", "torus"], shaded=True, scale=(0.0, 6.0, 0.5))
+    slider, dropdown, checkbox, float_slider = w.kwargs_widgets
+    assert (slider.value, dropdown.value, checkbox.value, float_slider.value) == (250, "cube", False, 1.5)
+    assert isinstance(checkbox, widgets.Checkbox) and checkbox.description == "shaded"
+    assert calls == [(250, "cube", False, 1.5)], "the first figure is drawn at the defaults"
+
+    def no_defaults(t, flag):
+        calls.append((t, flag))
+
+    w = explorer(no_defaults, t=(0, 10), flag=True)   # without defaults: the abbreviations decide
+    assert (w.kwargs_widgets[0].value, w.kwargs_widgets[1].value) == (5, True)
+
+
 def test_explorer_redraws_when_a_control_changes():
     calls = []
 
