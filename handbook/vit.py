@@ -27,6 +27,9 @@ for reading question 3.4; ``SmallCNN`` is the convolutional baseline of similar 
 
 Inputs: float images (B, C, H, W), as ``handbook.shapeworld.load_images`` returns them: RGB in
 [0, 1]. The model does not normalise them; the first LayerNorm sees patch embeddings, not pixels.
+Their size must be ``config.image_size`` (a ValueError otherwise): the learned positions are a
+table for that grid. ``dynamic_image_size=True`` accepts any size the patch size divides and
+resamples the positions, as timm's ``dynamic_img_size`` and fine-tuning at a new resolution do.
 """
 
 from __future__ import annotations
@@ -47,10 +50,10 @@ LN_EPS = 1e-6            # LayerNorm epsilon of the ViT/MAE/DiT reference code (
 SINCOS_BASE = 10000.0    # the Transformer paper's longest wavelength, 2 pi * 10000 positions
 INIT_STD = 0.02          # std of the class token and of learned positions (ViT, MAE)
 # Steps of ``train_classifier`` (batch 32, its defaults) for the chapter's bar, >= 90% test accuracy
-# on ShapeWorld shape x colour within a CPU minute: ``ViTConfig.shapeworld()`` on 10,000 training
-# images reached 98.9-99.7% on 2,000 test images in 30-55 s (one thread, busy machine). Margin:
-# 300 steps gave ~95%, 150 steps only 66-90% (shape is learnt late, colour early).
-SHAPEWORLD_TRAIN_STEPS = 400
+# on ShapeWorld shape x colour within a CPU minute, on standardised pixels (chapter 3, section 4):
+# ``ViTConfig.shapeworld()`` on 10,000 training images reached 98.5% on 2,000 test images in 10-25 s
+# (one thread). Margin: 100 steps gave 95.7%; raw pixels in [0, 1] gave only 53% after 150 steps.
+SHAPEWORLD_TRAIN_STEPS = 150
 
 
 # ---- patches ---------------------------------------------------------------------------------
@@ -68,12 +71,16 @@ def _grid(patch_size: int, height: int, width: int) -> tuple[int, int]:
     return height // patch_size, width // patch_size
 
 
-def _check_images(images: Any, channels: int | None = None) -> None:
+def _check_images(images: Any, channels: int | None = None, size: tuple[int, int] | None = None) -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images: expected a float tensor shaped (B, C, H, W), got {got}")
     if channels is not None and images.shape[1] != channels:
         raise ValueError(f"images: expected {channels} channels (B, {channels}, H, W), got {tuple(images.shape)}")
+    if size is not None and tuple(images.shape[-2:]) != tuple(size):
+        raise ValueError(f"images: expected {size[0]}x{size[1]} images, the config's image_size, got "
+                         f"{images.shape[-2]}x{images.shape[-1]} (shape {tuple(images.shape)}); build the model "
+                         f"for that size, or with dynamic_image_size=True to resample its positions")
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -209,6 +216,7 @@ class ViTConfig:
     pool: str = "cls"                        # "cls": the class token | "mean": mean of the patch tokens
     stem: str = "patch"                      # "patch" | "conv": convolutions first (reading question 3.4)
     stem_channels: int = 16                  # width of the conv stem
+    dynamic_image_size: bool = False         # True: any size p divides, positions resampled (timm)
 
     def __post_init__(self):
         if isinstance(self.image_size, list):  # e.g. read back from JSON; keep the config hashable
@@ -235,6 +243,8 @@ class ViTConfig:
                 raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
         if self.positional == "sincos" and self.d_model % 4:
             raise ValueError(f"d_model: sin-cos positions need a multiple of 4, got {self.d_model}")
+        if not isinstance(self.dynamic_image_size, bool):
+            raise ValueError(f"dynamic_image_size: expected True or False, got {self.dynamic_image_size!r}")
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -271,9 +281,11 @@ class ViTConfig:
 class ViT(nn.Module):
     """A Vision Transformer classifier: ``forward(images (B, C, H, W)) -> logits (B, num_classes)``.
 
-    Built for ``config.image_size``, it accepts any size the patch size divides: sin-cos positions
-    are recomputed for the new grid; learned ones are interpolated bicubically (``resample_positions``),
-    which is how ViTs are fine-tuned at a higher resolution than they were trained at.
+    Built for ``config.image_size``, it takes images of that size only (a ValueError names both
+    sizes). With ``config.dynamic_image_size`` it accepts any size the patch size divides: sin-cos
+    positions are recomputed for the new grid; learned ones are interpolated bicubically
+    (``resample_positions``), which is how ViTs are fine-tuned at a higher resolution than they
+    were trained at.
     """
 
     def __init__(self, config: ViTConfig, generator: torch.Generator | None = None):
@@ -341,9 +353,10 @@ class ViT(nn.Module):
 
     def tokens(self, images: torch.Tensor, return_weights: bool = False) -> torch.Tensor:
         """images (B, C, H, W) -> the final normalised tokens (B, 1 + N, D), class token first."""
-        _check_images(images, self.config.in_channels)
+        c = self.config
+        _check_images(images, c.in_channels, None if c.dynamic_image_size else c.image_hw)
         B, C, H, W = images.shape
-        grid = _grid(self.config.patch_size, H, W)
+        grid = _grid(c.patch_size, H, W)
         x = self.patch_embed(images)                                     # (B, N, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)      # (B, 1 + N, D)
         x = self.drop(x + self.position_embedding(grid))                 # (B, 1 + N, D)

@@ -159,7 +159,7 @@ def test_presets_and_parameter_counts():
 
 @pytest.mark.parametrize("positional", ["learned", "sincos"])
 def test_other_image_sizes(positional):
-    model = ViT(ViTConfig.tiny(positional=positional), generator=_gen())
+    model = ViT(ViTConfig.tiny(positional=positional, dynamic_image_size=True), generator=_gen())
     assert model(_images(H=8, W=20)).shape == (B, model.config.num_classes)
     assert model.cls_attention(_images(H=24, W=8)).shape == (B, 2, 6, 2)
     # At the built size the stored table is used as is; a new grid of the same size reproduces it.
@@ -180,11 +180,29 @@ def test_determinism_and_generator():
     assert torch.equal(state, torch.random.get_rng_state())  # building never touches the global stream
 
 
+def test_image_size_must_match_the_config():
+    # A 32-pixel model given 16-pixel images: its learned positions are a table for an 8x8 grid.
+    model = ViT(ViTConfig.shapeworld(), generator=_gen())
+    message = r"images: expected 32x32 images, the config's image_size, got 16x16 \(shape \(2, 3, 16, 16\)\)"
+    with pytest.raises(ValueError, match=message):
+        model(_images(H=16, W=16))
+    with pytest.raises(ValueError, match=message):
+        model.cls_attention(_images(H=16, W=16))
+    with pytest.raises(ValueError, match="expected 8x12 images, the config's image_size, got 12x8"):
+        ViT(ViTConfig.tiny(image_size=(8, 12), patch_size=2))(_images(H=12, W=8))
+    assert model(_images(H=32, W=32)).shape == (B, 30)
+    # Opting in resamples the positions instead (test_other_image_sizes); p must still divide the image.
+    dynamic = ViT(ViTConfig.shapeworld(dynamic_image_size=True), generator=_gen())
+    assert dynamic(_images(H=16, W=16)).shape == (B, 30)
+    with pytest.raises(ValueError, match="patch_size 4 does not divide the image size 16x18"):
+        dynamic(torch.zeros(1, 3, 16, 18))
+
+
 def test_bad_inputs_and_configs():
     model = ViT(ViTConfig.tiny())
     with pytest.raises(ValueError, match="3 channels"):
         model(torch.zeros(1, 1, 16, 16))
-    with pytest.raises(ValueError, match="patch_size 4 does not divide the image size 16x18"):
+    with pytest.raises(ValueError, match="image_size"):
         model(torch.zeros(1, 3, 16, 18))
     with pytest.raises(ValueError, match="images"):
         model(torch.zeros(3, 16, 16))
@@ -194,7 +212,7 @@ def test_bad_inputs_and_configs():
         ViT({"d_model": 32})
     for field, value in [("image_size", 0), ("image_size", (16,)), ("patch_size", 3), ("d_model", 31),
                          ("n_layer", 0), ("dropout", 1.0), ("positional", "rope"), ("pool", "max"),
-                         ("stem", "resnet"), ("mlp_ratio", 0)]:
+                         ("stem", "resnet"), ("mlp_ratio", 0), ("dynamic_image_size", 1)]:
         with pytest.raises(ValueError, match=field):
             ViTConfig.tiny(**{field: value})
     with pytest.raises(ValueError, match="d_model"):
