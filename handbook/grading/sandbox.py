@@ -213,8 +213,12 @@ def serve_call(namespace: dict, name: str, number: int, directory: str) -> None:
 
     Writes ``result_<number>``: {"ok": True, "value": ..., "generators": [...]} (the generators
     passed in, in their state after the call) or {"ok": False, "type": ..., "message": ...,
-    "where": ...}. A KeyboardInterrupt (the checker's timeout) is let through.
+    "where": ...}. A KeyboardInterrupt (the checker's timeout) is let through, but as a fresh
+    one raised after the original is gone: the original's traceback holds the student's frames,
+    and IPython keeps the last traceback (``sys.last_traceback``), so a function stopped while
+    holding 2 GB would keep them and fail the next question with a MemoryError.
     """
+    interrupted = False
     try:
         request, generators = protocol.read_message(directory, f"call_{number}")
         function = namespace.get(name)
@@ -226,9 +230,11 @@ def serve_call(namespace: dict, name: str, number: int, directory: str) -> None:
             value = function(*request["args"], **request["kwargs"])
             result = {"ok": True, "value": value, "generators": generators}
     except KeyboardInterrupt:
-        raise
+        interrupted = True
     except BaseException as error:  # noqa: BLE001 - SystemExit from student code is a failure too
         result = _failure(type(error).__name__, _safe_str(error), _where(error))
+    if interrupted:
+        raise KeyboardInterrupt("stopped by the checker's time limit")
     try:
         protocol.write_message(directory, f"result_{number}", result)
     except protocol.CodecError as error:
