@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) -m handbook.bench
+	$(PY) -m handbook bench
 
 assign: $(STAMP)
 	$(PY) -m handbook assign

@@ -17,9 +17,9 @@ One module per chapter model, plus the shared parts every chapter uses:
 - ``handbook.metrics``     accuracy, PSNR, the ShapeWorld Frechet distance
 - ``handbook.plotting``    image grids and loss curves
 - ``handbook.widgets``     the ipywidgets explorers the chapters share
-- ``handbook.notebooks``   student notebooks generated from the solutions
-- ``handbook.notebook_runner`` runs a whole notebook with nbclient (benchmark, tests)
-- ``handbook.bench``       the benchmark table
+- ``handbook.course.notebooks``   student notebooks generated from the solutions
+- ``handbook.course.notebook_runner`` runs a whole notebook with nbclient (benchmark, tests)
+- ``handbook.course.bench``       the benchmark table
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
-"""``python -m handbook ...`` is the ``handbook`` command (see handbook/cli.py)."""
+"""``python -m handbook ...`` is the ``handbook`` command (see handbook/course/cli.py)."""
 
 import sys
 
-from handbook.cli import main
+from handbook.course.cli import main
 
 sys.exit(main())

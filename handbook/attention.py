@@ -203,25 +203,3 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, D): the heads side by side again
         y = self.out_proj(out)
         return (y, weights) if return_weights else y
-
-
-def sinusoidal_positional_encoding(T: int, d_model: int) -> torch.Tensor:
-    """(T, d_model) fixed positional encoding of the Transformer paper (section 3.5), interleaved:
-
-    PE[pos, 2i] = sin(pos / 10000^(2i/d)),  PE[pos, 2i+1] = cos(pos / 10000^(2i/d)).
-
-    Each pair of channels is a rotation at its own frequency, from one turn per 2 pi tokens down to
-    one per 10000 * 2 pi tokens, so PE[pos + k] is a fixed linear function of PE[pos] for every k:
-    relative offsets are easy to read out, and any position has an encoding, even unseen ones.
-    """
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"T: expected a positive int, got {T!r}")
-    if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 2 or d_model % 2:
-        raise ValueError(f"d_model: expected a positive even int, got {d_model!r}")
-    position = torch.arange(T, dtype=torch.float64)[:, None]                 # (T, 1)
-    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)                  # (d/2,)
-    angle = position / (10000.0 ** (two_i / d_model))                         # (T, d/2)
-    pe = torch.zeros(T, d_model, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(angle)
-    pe[:, 1::2] = torch.cos(angle)
-    return pe.float()                                                          # (T, d_model)

@@ -11,7 +11,7 @@ specific to 2D:
   both are added to the hidden state of every residual block.
 * ``NoisyClassifier``: ``classifier(x_t, t) -> logits``, a classifier of *noisy* points, the
   ingredient of classifier guidance (Dhariwal & Nichol 2021).
-* ``train_2d`` / ``train_classifier``: the training loops (``handbook.training.train``).
+* ``train_2d`` / ``train_noisy_classifier``: the training loops (``handbook.training.train``).
 * ``sample_2d``: DDPM or DDIM from a 2D model, a thin wrapper of ``handbook.diffusion``.
 * ``sliced_wasserstein``: a distance between two point clouds, and ``bar_2d``, the chapter's 2D
   bar: the distance from 2,000 samples to held-out data, against that between two held-out sets.
@@ -34,7 +34,7 @@ from torch import nn
 from handbook import diffusion
 from handbook.shapeworld._threads import one_thread
 from handbook.shapeworld.points import OUTLINES, load_points, outline_polygon
-from handbook.unet import timestep_embedding
+from handbook.embeddings import timestep_embedding
 
 # The 2D data of the chapter: the five outlines, with a little noise so that the data has a density.
 DATA_NOISE = 0.02
@@ -168,7 +168,7 @@ def train_2d(points: torch.Tensor, labels: torch.Tensor | None = None, schedule:
     return model.eval(), history
 
 
-def train_classifier(points: torch.Tensor, labels: torch.Tensor, schedule: diffusion.NoiseSchedule | None = None,
+def train_noisy_classifier(points: torch.Tensor, labels: torch.Tensor, schedule: diffusion.NoiseSchedule | None = None,
                      steps: int = 1500, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
                      progress: bool = False) -> NoisyClassifier:
     """Train a ``NoisyClassifier`` on x_t ~ q(x_t | x0) at uniform t (cross-entropy)."""

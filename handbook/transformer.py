@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handbook.attention import KVCache, MultiHeadAttention, causal_mask, sinusoidal_positional_encoding
+from handbook.attention import KVCache, MultiHeadAttention, causal_mask
+from handbook.embeddings import sinusoidal_positional_encoding
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class GPTConfig:
     vocab_size: int
     block_size: int          # the longest sequence the model accepts (its context window)
     n_layer: int = 4
-    n_head: int = 4
+    n_heads: int = 4
     d_model: int = 64
     dropout: float = 0.0
     positional: str = "learned"   # "learned" | "sinusoidal"
@@ -45,12 +46,12 @@ class GPTConfig:
     bias: bool = True
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_heads", "d_model"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
         if self.positional not in ("learned", "sinusoidal"):
             raise ValueError(f"positional: expected 'learned' or 'sinusoidal', got {self.positional!r}")
         if self.positional == "sinusoidal" and self.d_model % 2:
@@ -63,7 +64,7 @@ class GPTConfig:
     @classmethod
     def caption_model(cls, vocab_size: int, block_size: int = 64, **overrides) -> "GPTConfig":
         """The chapter's model: 4 layers, 4 heads, width 64 (~0.2M parameters), for ShapeWorld text."""
-        return cls(**{"vocab_size": vocab_size, "block_size": block_size, "n_layer": 4, "n_head": 4,
+        return cls(**{"vocab_size": vocab_size, "block_size": block_size, "n_layer": 4, "n_heads": 4,
                       "d_model": 64, **overrides})
 
 
@@ -142,7 +143,7 @@ class GPT(nn.Module):
                                  persistent=False)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(c.d_model, c.n_head, dropout=c.dropout, norm=c.norm, residual=c.residual,
+            TransformerBlock(c.d_model, c.n_heads, dropout=c.dropout, norm=c.norm, residual=c.residual,
                              bias=c.bias) for _ in range(c.n_layer))
         # Post-LN blocks already end in a LayerNorm; pre-LN ones need a last one before the head.
         self.ln_f = nn.LayerNorm(c.d_model) if c.norm == "pre" else nn.Identity()

@@ -47,33 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from handbook.attention import MultiHeadAttention
-
-# The longest period of the timestep embedding, in units of t (Transformer paper, section 3.5).
-MAX_PERIOD = 10000
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = MAX_PERIOD) -> torch.Tensor:
-    """Sinusoidal embedding of noise levels t (B,) -> (B, dim), in the [cos, sin] order of DiT/GLIDE.
-
-    freqs_i = exp(-ln(max_period) * i / half) for i = 0..half-1 (half = dim // 2), and
-    emb = [cos(t * freqs), sin(t * freqs)], with a zero column appended when dim is odd. It equals
-    diffusers ``get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)``.
-    t may be integer timesteps or continuous values (e.g. 1000 * sigma); fractions are kept.
-    """
-    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype == torch.bool:
-        got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"t: expected a 1-D numeric tensor (B,), got {got}")
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 2:
-        raise ValueError(f"dim: expected an int >= 2, got {dim!r}")
-    if not max_period > 0:
-        raise ValueError(f"max_period: expected a positive number, got {max_period!r}")
-    half = dim // 2
-    # float32 throughout, as the references do: the same numbers as the code a student meets next.
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]                           # (B, half)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)       # (B, 2 * half)
-    return F.pad(emb, (0, dim % 2))                                   # (B, dim)
-
+from handbook.embeddings import TimestepEmbedder
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -92,7 +66,7 @@ class UNetConfig:
     blocks_per_level: int = 1
     attention_levels: tuple[int, ...] = (2,)
     bottleneck_attention: bool = True
-    num_heads: int = 1               # must divide the channels of every level with attention
+    n_heads: int = 1               # must divide the channels of every level with attention
     groups: int = 8                  # GroupNorm groups; must divide every level's channels
     dropout: float = 0.0
     time_embed_mult: int = 4         # embedding width = time_embed_mult * base_channels
@@ -107,7 +81,7 @@ class UNetConfig:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        for name in ("in_channels", "out_channels", "base_channels", "blocks_per_level", "num_heads",
+        for name in ("in_channels", "out_channels", "base_channels", "blocks_per_level", "n_heads",
                      "groups", "time_embed_mult"):
             _check_positive_int(name, getattr(self, name))
         for name in ("num_classes", "context_dim"):
@@ -132,8 +106,8 @@ class UNetConfig:
             raise ValueError(f"groups: {self.groups} must divide the channels of every level {self.channels}")
         attn_channels = [self.channels[i] for i in self.attention_levels]
         attn_channels += [self.channels[-1]] if self.bottleneck_attention else []
-        if any(c % self.num_heads for c in attn_channels):
-            raise ValueError(f"num_heads: {self.num_heads} must divide the channels {attn_channels} "
+        if any(c % self.n_heads for c in attn_channels):
+            raise ValueError(f"n_heads: {self.n_heads} must divide the channels {attn_channels} "
                              f"of every attention block")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
@@ -201,22 +175,6 @@ def _zero_(layer: nn.Module) -> None:
     nn.init.zeros_(layer.bias)
 
 
-class TimestepEmbedder(nn.Module):
-    """t (B,) -> sinusoidal (B, base_channels) -> Linear -> SiLU -> Linear -> (B, embed_dim).
-
-    The sinusoid gives every noise level a distinct, smooth code; the MLP learns what the network
-    needs from it (Ho et al. 2020, appendix B)."""
-
-    def __init__(self, frequency_dim: int, embed_dim: int):
-        super().__init__()
-        self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        t_freq = timestep_embedding(t, self.frequency_dim)          # (B, frequency_dim), float32
-        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))        # (B, embed_dim)
-
-
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, inject the embedding, GroupNorm -> SiLU -> dropout -> conv3x3,
     plus the skip path (a 1x1 conv when the channel count changes).
@@ -268,13 +226,13 @@ class AttentionBlock(nn.Module):
     convs of the reference; with one head the scale is C^-1/2. Attention itself is
     ``handbook.attention.MultiHeadAttention``, the same as in every chapter."""
 
-    def __init__(self, channels: int, num_heads: int, groups: int, context_dim: int | None = None):
+    def __init__(self, channels: int, n_heads: int, groups: int, context_dim: int | None = None):
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels)
-        self.attn = MultiHeadAttention(channels, num_heads)
+        self.attn = MultiHeadAttention(channels, n_heads)
         self.cross_norm = None if context_dim is None else nn.GroupNorm(groups, channels)
         self.cross_attn = (None if context_dim is None
-                           else MultiHeadAttention(channels, num_heads, d_context=context_dim))
+                           else MultiHeadAttention(channels, n_heads, d_context=context_dim))
         self.zero_residual_()
 
     def zero_residual_(self) -> None:
@@ -329,7 +287,7 @@ class Level(nn.Module):
                      c.conditioning) for j in range(n_blocks))
         n_attention = n_blocks if attention else 0
         self.attns = nn.ModuleList(
-            AttentionBlock(out_channels, c.num_heads, c.groups, c.context_dim) for _ in range(n_attention))
+            AttentionBlock(out_channels, c.n_heads, c.groups, c.context_dim) for _ in range(n_attention))
         self.resample = resample if resample is not None else nn.Identity()
 
     def forward(self, h, emb, context):
@@ -347,7 +305,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         c = config
         self.res1 = ResBlock(channels, channels, c.embed_dim, c.groups, c.dropout, c.conditioning)
-        self.attn = (AttentionBlock(channels, c.num_heads, c.groups, c.context_dim)
+        self.attn = (AttentionBlock(channels, c.n_heads, c.groups, c.context_dim)
                      if c.bottleneck_attention else None)
         self.res2 = ResBlock(channels, channels, c.embed_dim, c.groups, c.dropout, c.conditioning)
 

@@ -23,7 +23,8 @@ its row. The class token gets a position too: learned, or a zero row for sin-cos
 Unlike a CNN, nothing here says that neighbouring pixels belong together beyond the patch: a ViT
 must learn locality from data (reading question 3.1). ``stem="conv"`` puts two 3x3 convolutions
 before the patch embedding (Xiao et al. 2021, "Early convolutions help transformers see better")
-for reading question 3.4; ``SmallCNN`` is the convolutional baseline of similar size.
+for reading question 3.4; ``handbook.classification`` holds the convolutional baseline of
+similar size and the training recipe of both.
 
 Inputs: float images (B, C, H, W), as ``handbook.shapeworld.load_images`` returns them: RGB in
 [0, 1]. The model does not normalise them; the first LayerNorm sees patch embeddings, not pixels.
@@ -43,18 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handbook.training import History, train
+from handbook.embeddings import sincos_2d_positional_embedding
 from handbook.transformer import TransformerBlock
 
 LN_EPS = 1e-6            # LayerNorm epsilon of the ViT/MAE/DiT reference code (torch's default is 1e-5)
-SINCOS_BASE = 10000.0    # the Transformer paper's longest wavelength, 2 pi * 10000 positions
 INIT_STD = 0.02          # std of the class token and of learned positions (ViT, MAE)
-# Steps of ``train_classifier`` (batch 32, its defaults) for the chapter's bar, >= 90% test accuracy
-# on ShapeWorld shape x colour within a CPU minute, on standardised pixels (chapter 3, section 4):
-# ``ViTConfig.shapeworld()`` on 10,000 training images reached 98.5% on 2,000 test images in 10-25 s
-# (one thread). Margin: 100 steps gave 95.7%; raw pixels in [0, 1] gave only 53% after 150 steps.
-SHAPEWORLD_TRAIN_STEPS = 150
-
 
 # ---- patches ---------------------------------------------------------------------------------
 
@@ -160,31 +154,6 @@ class ConvStem(nn.Module):
 
 # ---- positions -------------------------------------------------------------------------------
 
-def sincos_2d_positional_embedding(d_model: int, grid_size: int | tuple[int, int]) -> torch.Tensor:
-    """Fixed 2D sin-cos positions of MAE and DiT -> (gh * gw, d_model), patches in row-major order.
-
-    Channels [0, D/2) encode the patch's column j, channels [D/2, D) its row i; each half is
-    [sin(pos * omega), cos(pos * omega)] with omega_k = 1 / 10000^(k / (D/4)), k = 0 .. D/4 - 1.
-    Equal to diffusers ``get_2d_sincos_pos_embed(D, grid, base_size=grid)`` for square grids.
-    """
-    if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 4 or d_model % 4:
-        raise ValueError(f"d_model: the 2D sin-cos embedding needs a multiple of 4 "
-                         f"(sin and cos for rows and columns), got {d_model!r}")
-    gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
-    _check_positive_int("grid_size", gh)
-    _check_positive_int("grid_size", gw)
-    k = torch.arange(d_model // 4, dtype=torch.float64)
-    omega = 1.0 / SINCOS_BASE ** (k / (d_model // 4))                          # (D/4,)
-    rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64),
-                                torch.arange(gw, dtype=torch.float64), indexing="ij")  # (gh, gw) each
-
-    def encode(pos: torch.Tensor) -> torch.Tensor:
-        angle = pos.reshape(-1, 1) * omega                                     # (N, D/4)
-        return torch.cat([angle.sin(), angle.cos()], dim=1)                    # (N, D/2)
-
-    return torch.cat([encode(cols), encode(rows)], dim=1).float()              # (N, D)
-
-
 def resample_positions(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
     """Learned patch positions (1, gh*gw, D) of one grid -> (1, gh'*gw', D) for another, by bicubic
     interpolation of the table seen as a D-channel image (as timm and the ViT paper, section 3.2)."""
@@ -209,7 +178,7 @@ class ViTConfig:
     num_classes: int = 30                    # ShapeWorld shape x colour = 5 x 6
     d_model: int = 64
     n_layer: int = 4
-    n_head: int = 4
+    n_heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     positional: str = "learned"              # "learned" (ViT) | "sincos" (MAE, DiT)
@@ -226,13 +195,13 @@ class ViTConfig:
                 isinstance(size, tuple) and len(size) == 2
                 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
             raise ValueError(f"image_size: expected a positive int or a pair (H, W), got {size!r}")
-        for name in ("patch_size", "in_channels", "num_classes", "d_model", "n_layer", "n_head", "stem_channels"):
+        for name in ("patch_size", "in_channels", "num_classes", "d_model", "n_layer", "n_heads", "stem_channels"):
             _check_positive_int(name, getattr(self, name))
         H, W = self.image_hw
         if H % self.patch_size or W % self.patch_size:
             raise ValueError(f"patch_size: patch_size {self.patch_size} does not divide the image size {H}x{W}")
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
         if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio * self.d_model >= 1):
             raise ValueError(f"mlp_ratio: expected a positive number, got {self.mlp_ratio!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
@@ -268,7 +237,7 @@ class ViTConfig:
     @classmethod
     def tiny(cls, **overrides) -> "ViTConfig":
         """16x16 images, patch 4, width 32, 2 layers of 2 heads (~29k parameters): for tests."""
-        return cls(**{"image_size": 16, "d_model": 32, "n_layer": 2, "n_head": 2, **overrides})
+        return cls(**{"image_size": 16, "d_model": 32, "n_layer": 2, "n_heads": 2, **overrides})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
@@ -306,7 +275,7 @@ class ViT(nn.Module):
                 self.register_buffer("pos_embed", self._sincos(c.grid_size), persistent=False)
             self.drop = nn.Dropout(c.dropout)
             self.blocks = nn.ModuleList(
-                TransformerBlock(c.d_model, c.n_head, mlp_ratio=c.mlp_ratio, dropout=c.dropout, norm="pre",
+                TransformerBlock(c.d_model, c.n_heads, mlp_ratio=c.mlp_ratio, dropout=c.dropout, norm="pre",
                                  ln_eps=LN_EPS) for _ in range(c.n_layer))
             self.norm = nn.LayerNorm(c.d_model, eps=LN_EPS)
             self.head = nn.Linear(c.d_model, c.num_classes)
@@ -390,134 +359,3 @@ class ViT(nn.Module):
         weights = self.attention_maps(images)[layer]                     # (B, H, 1 + N, 1 + N)
         gh, gw = _grid(self.config.patch_size, *images.shape[-2:])
         return weights[:, :, 0, 1:].reshape(*weights.shape[:2], gh, gw)  # (B, H, gh, gw)
-
-
-# ---- the convolutional baseline --------------------------------------------------------------
-
-class SmallCNN(nn.Module):
-    """Three conv-BN-ReLU stages (width w, 2w, 4w; 2x2 max-pooling between) -> global average
-    -> linear head. Translation equivariance and locality built in: the baseline of question 3.1."""
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 30, width: int = 32,
-                 generator: torch.Generator | None = None):
-        super().__init__()
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width)):
-            _check_positive_int(name, value)
-        layers, c_in = [], in_channels
-        with torch.random.fork_rng(devices=[]):  # the default init is redrawn from ``generator`` below
-            for i, c_out in enumerate((width, 2 * width, 4 * width)):
-                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-                layers += [nn.MaxPool2d(2)] if i < 2 else []
-                c_in = c_out
-            self.features = nn.Sequential(*layers)
-            self.head = nn.Linear(4 * width, num_classes)
-        with torch.no_grad():  # PyTorch's default U(+-1/sqrt(fan_in)), from ``generator``
-            for m in (*self.features, self.head):
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    bound = 1.0 / math.sqrt(m.weight[0].numel())
-                    nn.init.uniform_(m.weight, -bound, bound, generator=generator)
-            nn.init.uniform_(self.head.bias, -bound, bound, generator=generator)
-
-    @staticmethod
-    def count_parameters(in_channels: int, num_classes: int, width: int) -> int:
-        """The parameter count of ``SmallCNN(in_channels, num_classes, width)``, without building it."""
-        w = width
-        convs = 9 * (in_channels * w + w * 2 * w + 2 * w * 4 * w)   # 3x3 kernels, no bias
-        norms = 2 * (w + 2 * w + 4 * w)                              # BatchNorm scale and shift
-        return convs + norms + 4 * w * num_classes + num_classes
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images, self.features[0].in_channels)
-        h = self.features(images)                                    # (B, 4w, H/4, W/4)
-        return self.head(h.mean(dim=(2, 3)))                         # (B, num_classes)
-
-
-def cnn_width_for(num_parameters: int, in_channels: int = 3, num_classes: int = 30) -> int:
-    """The ``SmallCNN`` width whose parameter count is closest to ``num_parameters``."""
-    _check_positive_int("num_parameters", num_parameters)
-    width = 1
-    while SmallCNN.count_parameters(in_channels, num_classes, width + 1) <= num_parameters:
-        width += 1
-    below, above = (SmallCNN.count_parameters(in_channels, num_classes, w) for w in (width, width + 1))
-    return width if num_parameters - below <= above - num_parameters else width + 1
-
-
-# ---- training and evaluation -----------------------------------------------------------------
-
-def _check_data(images: Any, labels: Any) -> None:
-    _check_images(images)
-    if not isinstance(labels, torch.Tensor) or labels.shape != images.shape[:1] or labels.dtype != torch.long:
-        got = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels: expected a long tensor shaped ({images.shape[0]},), got {got}")
-
-
-def augment_batch(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Random horizontal flips and shifts of up to ``max_shift`` pixels (edge-padded): label-preserving
-    for ShapeWorld, whose classes do not depend on left and right or on the exact position."""
-    B, C, H, W = images.shape
-    flip = torch.rand(B, generator=generator) < 0.5                          # (B,)
-    images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
-    padded = F.pad(images, (max_shift,) * 4, mode="replicate")              # (B, C, H + 2s, W + 2s)
-    dy, dx = torch.randint(2 * max_shift + 1, (2, B), generator=generator).tolist()
-    return torch.stack([padded[b, :, dy[b]:dy[b] + H, dx[b]:dx[b] + W] for b in range(B)])  # (B, C, H, W)
-
-
-def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
-                     generator: torch.Generator, batch_size: int = 32, lr: float = 2e-3,
-                     weight_decay: float = 0.05, label_smoothing: float = 0.0, augment: bool = False,
-                     max_seconds: float | None = None, progress: bool = True,
-                     desc: str = "train classifier") -> History:
-    """Train any image classifier (``ViT``, ``SmallCNN``) with cross-entropy on random batches.
-
-    AdamW, linear warm-up over the first 5% of the steps, then cosine decay to zero, gradient
-    clipping at 1: the recipe of ViT training (Dosovitskiy et al. 2021; Touvron et al. 2021),
-    shortened to a CPU minute. Batches are drawn with ``generator``; the model is left in eval mode.
-    """
-    _check_data(images, labels)
-    _check_positive_int("steps", steps)
-    _check_positive_int("batch_size", batch_size)
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
-    device = next(model.parameters()).device
-    images, labels = images.to(device), labels.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.randint(images.shape[0], (batch_size,), generator=generator).to(device)  # (B,)
-        x = images[index]
-        return (augment_batch(x, generator) if augment else x), labels[index]
-
-    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
-
-    history = train(model, loss_fn, next_batch, steps=steps, optimizer=optimizer,
-                    scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), grad_clip=1.0,
-                    max_seconds=max_seconds, progress=progress, desc=desc)
-    model.eval()
-    return history
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
-    """The fraction of ``images`` whose most likely class is the label (model in eval mode)."""
-    _check_data(images, labels)
-    _check_positive_int("batch_size", batch_size)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    for start in range(0, images.shape[0], batch_size):
-        logits = model(images[start:start + batch_size].to(device))             # (b, num_classes)
-        correct += (logits.argmax(dim=-1).cpu() == labels[start:start + batch_size].cpu()).sum().item()
-    model.train(was_training)
-    return correct / max(1, images.shape[0])

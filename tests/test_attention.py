@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handbook.attention import (KVCache, MultiHeadAttention, causal_mask, scaled_dot_product_attention,
-                                sinusoidal_positional_encoding)
+from handbook.attention import KVCache, MultiHeadAttention, causal_mask, scaled_dot_product_attention
+from handbook.embeddings import sinusoidal_positional_encoding
 
 
 def _randn(*shape, seed=0):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from handbook import bench
+from handbook.course import bench
 
 
 def test_meets_reads_the_bar():

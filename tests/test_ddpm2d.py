@@ -74,7 +74,7 @@ def test_training_lowers_the_loss_and_is_deterministic():
 def test_noisy_classifier_learns_and_its_gradient_has_the_input_shape():
     points, labels = load_points(2000, noise=0.02, seed=0)
     schedule = diffusion.NoiseSchedule.linear(100)
-    clf = ddpm2d.train_classifier(points, labels, schedule=schedule, steps=150, batch_size=128, seed=0)
+    clf = ddpm2d.train_noisy_classifier(points, labels, schedule=schedule, steps=150, batch_size=128, seed=0)
     t0 = torch.zeros(500, dtype=torch.long)
     with torch.no_grad():
         untrained = torch.nn.functional.cross_entropy(ddpm2d.NoisyClassifier(5, seed=0)(points[:500], t0), labels[:500])

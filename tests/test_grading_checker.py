@@ -6,7 +6,7 @@ answers, an infinite loop, a memory bomb, a loop that ignores interrupts, ``os._
 ``SIGKILL``, patched torch/numpy/builtins with always-equal results and a printed fake score,
 edited, deleted and impersonated check cells, writes outside the scratch folder, and warnings on
 stderr. They are graded once, by two checker processes side by side (``python -m
-handbook.grading.checker``, as ``handbook grade -j 2`` runs them); each test reads its
+handbook.course.grading.checker``, as ``handbook grade -j 2`` runs them); each test reads its
 submission's results.
 """
 
@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 import torch
 
-from handbook import notebooks as nbp
-from handbook.grading import landlock, protocol
-from handbook.grading.checker import Chapter, Limits, questions
-from handbook.grading.sandbox import Outcome
+from handbook.course import notebooks as nbp
+from handbook.course.grading import landlock, protocol
+from handbook.course.grading.checker import Chapter, Limits, questions
+from handbook.course.grading.sandbox import Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "01_introduction.ipynb"
@@ -201,7 +201,7 @@ def graded(tmp_path_factory):
     def check(share: list[str]) -> list[dict]:
         job = {"solution": _load(SOLUTION), "limits": LIMITS,
                "submissions": [{"id": name, "answers": crafted[name]} for name in share]}
-        process = subprocess.run([sys.executable, "-m", "handbook.grading.checker"], input=json.dumps(job),
+        process = subprocess.run([sys.executable, "-m", "handbook.course.grading.checker"], input=json.dumps(job),
                                  capture_output=True, text=True, timeout=600, cwd=base)
         assert process.returncode == 0, process.stderr[-3000:]
         answer = json.loads(process.stdout)["results"]
@@ -355,7 +355,7 @@ def test_limits_are_validated():
 
 
 def test_invalid_job_is_refused_with_a_message():
-    process = subprocess.run([sys.executable, "-m", "handbook.grading.checker"], input="{not json",
+    process = subprocess.run([sys.executable, "-m", "handbook.course.grading.checker"], input="{not json",
                              capture_output=True, text=True, timeout=120)
     assert process.returncode == 2 and "checker:" in process.stderr and process.stdout == ""
 
@@ -456,7 +456,7 @@ def test_landlock_confines_writes_reads_and_signals(tmp_path):
     (outside / "gradebook.csv").write_text("kept")
     code = textwrap.dedent(f"""
         import os, sys
-        from handbook.grading import landlock
+        from handbook.course.grading import landlock
         landlock.restrict([sys.prefix, sys.base_prefix, {str(ROOT / 'handbook')!r}, "/usr", "/lib", "/lib64", "/etc"],
                           [{str(scratch)!r}], ["/dev/null"])
         open({str(scratch / 'ok.txt')!r}, "w").write("fine")
@@ -480,7 +480,7 @@ def test_landlock_confines_writes_reads_and_signals(tmp_path):
 
 @pytest.mark.skipif(not landlock.available(), reason="Landlock is not available on this system")
 def test_kernel_cannot_read_secrets_or_signal_the_checker(tmp_path, monkeypatch):
-    from handbook.grading.sandbox import KernelLimits, SandboxedKernel
+    from handbook.course.grading.sandbox import KernelLimits, SandboxedKernel
 
     monkeypatch.setenv("INSTRUCTOR_TOKEN", "do-not-leak")
     (tmp_path / "other_student.ipynb").write_text("their answers")
@@ -507,7 +507,7 @@ def test_kernel_cannot_read_secrets_or_signal_the_checker(tmp_path, monkeypatch)
 
 
 def test_grading_seed_is_fixed_per_student_and_question_and_depends_on_the_secret():
-    from handbook.grading.checker import grading_seed
+    from handbook.course.grading.checker import grading_seed
 
     seed = grading_seed("solution-hash", "alice/01_introduction.ipynb", "ex1_kl_check")
     assert seed == grading_seed("solution-hash", "alice/01_introduction.ipynb", "ex1_kl_check")
@@ -542,7 +542,7 @@ def reserving_kernels(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the limit is measured from /proc")
 def test_memory_limit_counts_real_memory_not_reserved_address_space(reserving_kernels):
-    from handbook.grading.sandbox import KernelLimits, SandboxedKernel
+    from handbook.course.grading.sandbox import KernelLimits, SandboxedKernel
 
     memory_mb = 1024
     with SandboxedKernel(KernelLimits(memory_mb=memory_mb, cpu_seconds=120)) as kernel:   # it starts
@@ -556,7 +556,7 @@ def test_memory_limit_counts_real_memory_not_reserved_address_space(reserving_ke
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the limit is measured from /proc")
 def test_memory_bomb_is_reported_with_the_limit_above_reserved_address_space(reserving_kernels):
-    from handbook.grading.checker import grade_notebook
+    from handbook.course.grading.checker import grade_notebook
 
     answers = _submission(ex2_reparam_answer=_with("ex2_reparam_answer", "reparameterised_sample", """
         blocks = []
@@ -572,7 +572,7 @@ def test_memory_bomb_is_reported_with_the_limit_above_reserved_address_space(res
 def test_a_call_stopped_by_the_time_limit_gives_its_memory_back():
     """The interrupted function's frames (and the 600 MB they hold) must not outlive the timeout:
     otherwise the next question of the same student fails with a MemoryError it did not cause."""
-    from handbook.grading.sandbox import CallTimeout, KernelLimits, SandboxedKernel
+    from handbook.course.grading.sandbox import CallTimeout, KernelLimits, SandboxedKernel
 
     code = textwrap.dedent("""
         import time, numpy

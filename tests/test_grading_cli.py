@@ -22,9 +22,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from handbook.grading import cli, report
-from handbook.grading.submissions import Submission, discover, load_solutions, read_submission
-from handbook.notebooks import BEGIN_HIDDEN, END_HIDDEN, nbgrader_meta
+from handbook.course.grading import cli, report
+from handbook.course.grading.submissions import Submission, discover, load_solutions, read_submission
+from handbook.course.notebooks import BEGIN_HIDDEN, END_HIDDEN, nbgrader_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "01_introduction"
@@ -541,11 +541,11 @@ def test_cli_exit_codes_and_summary(monkeypatch, small_batch, tmp_path, capsys):
 
 
 def test_command_is_registered():
-    from handbook.cli import COMMANDS
+    from handbook.course.cli import COMMANDS
 
-    assert COMMANDS["grade"][0] == "handbook.grading.cli"
+    assert COMMANDS["grade"][0] == "handbook.course.grading.cli"
     for command in ([sys.executable, "-m", "handbook", "grade", "--help"],
-                    [sys.executable, "-m", "handbook.grading", "--help"]):
+                    [sys.executable, "-m", "handbook.course.grading", "--help"]):
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert done.returncode == 0 and "--solutions" in done.stdout and "--memory-mb" in done.stdout
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from handbook import notebooks as nbp
-from handbook.grading import sample_batch
+from handbook.course import notebooks as nbp
+from handbook.course.grading import sample_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "01_introduction.ipynb"

@@ -1,4 +1,4 @@
-"""handbook.notebook_runner: sliced polling survives a missed wake-up; whole notebooks run."""
+"""handbook.course.notebook_runner: sliced polling survives a missed wake-up; whole notebooks run."""
 
 import asyncio
 import time
@@ -7,7 +7,7 @@ from queue import Empty
 import nbformat
 import pytest
 
-from handbook.notebook_runner import execute_notebook, sliced_get_msg
+from handbook.course.notebook_runner import execute_notebook, sliced_get_msg
 
 
 class MissedWakeupChannel:

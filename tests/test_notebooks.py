@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from handbook import notebooks as nbp
+from handbook.course import notebooks as nbp
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -95,7 +95,7 @@ def test_student_version_of_toy_notebook():
 
 def test_student_version_runs_and_raises_only_in_exercise_cells(tmp_path):
     """The generated notebook executes: the exercise cells raise NotImplementedError, nothing else."""
-    from handbook.notebook_runner import execute_notebook
+    from handbook.course.notebook_runner import execute_notebook
 
     student = nbp.student_version(_toy_notebook())
     execute_notebook(student, tmp_path, timeout=60, allow_errors=True)

@@ -12,7 +12,7 @@ from handbook.transformer import GPT, GPTConfig, TransformerBlock, sample_next_t
 
 def _model(**overrides):
     torch.manual_seed(0)
-    config = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, d_model=16)
+    config = dict(vocab_size=11, block_size=16, n_layer=2, n_heads=2, d_model=16)
     return GPT(GPTConfig(**{**config, **overrides}))
 
 
@@ -96,8 +96,8 @@ def test_top_k_and_temperature():
 
 
 def test_bad_input_is_rejected_with_clear_errors():
-    with pytest.raises(ValueError, match="d_model.*n_head"):
-        GPTConfig(vocab_size=5, block_size=8, n_head=3, d_model=16)
+    with pytest.raises(ValueError, match="d_model.*n_heads"):
+        GPTConfig(vocab_size=5, block_size=8, n_heads=3, d_model=16)
     with pytest.raises(ValueError, match="positional"):
         GPTConfig(vocab_size=5, block_size=8, positional="rotary")
     with pytest.raises(ValueError, match="norm"):
@@ -153,7 +153,7 @@ def test_a_small_gpt_learns_the_caption_grammar():
     g = make_generator(0)
     stream = token_stream(caption_corpus(4000, g), tok)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, d_model=32))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_heads=2, d_model=32))
     before = valid_fraction(sample_captions(model, tok, 100, make_generator(1)))
     train_language_model(model, stream, 150, g, batch_size=16, progress=False)
     captions = sample_captions(model, tok, 200, make_generator(2))

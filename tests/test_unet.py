@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from handbook.attention import MultiHeadAttention
-from handbook.unet import AttentionBlock, ResBlock, UNet, UNetConfig, timestep_embedding
+from handbook.embeddings import timestep_embedding
+from handbook.unet import AttentionBlock, ResBlock, UNet, UNetConfig
 
 B = 2
 N_CLASSES = 5
@@ -53,7 +54,7 @@ CONFIGS = {
                                                  bottleneck_attention=False),
     "one-level": UNetConfig.tiny(channel_mults=(1,), attention_levels=(0,)),
     "film-class": UNetConfig.tiny(conditioning="film", num_classes=N_CLASSES, blocks_per_level=2),
-    "context-2-heads": UNetConfig.tiny(context_dim=CONTEXT_DIM, num_heads=2, attention_levels=(0, 1)),
+    "context-2-heads": UNetConfig.tiny(context_dim=CONTEXT_DIM, n_heads=2, attention_levels=(0, 1)),
     "class-and-context": UNetConfig.tiny(num_classes=N_CLASSES, context_dim=CONTEXT_DIM, conditioning="film"),
     "no-skips": UNetConfig.tiny(skip_connections=False, in_channels=1, out_channels=2),
     "no-time": UNetConfig.tiny(time_conditioning=False),
@@ -214,7 +215,7 @@ def test_resblock_conditioning_formula(conditioning):
 
 
 def test_attention_block_is_a_residual_multi_head_attention_over_pixels():
-    block = AttentionBlock(8, num_heads=2, groups=4, context_dim=CONTEXT_DIM)
+    block = AttentionBlock(8, n_heads=2, groups=4, context_dim=CONTEXT_DIM)
     assert isinstance(block.attn, MultiHeadAttention) and isinstance(block.cross_attn, MultiHeadAttention)
     x, ctx = torch.randn(B, 8, 3, 4, generator=_gen(1)), torch.randn(B, 5, CONTEXT_DIM, generator=_gen(2))
     assert torch.equal(block(x, ctx), x)  # zero-initialised output projections: the identity
@@ -308,7 +309,7 @@ def test_bad_input_raises_a_clear_error(name, changes, match):
     ({"attention_levels": (2,)}, r"attention_levels: expected level indices in 0..1"),
     ({"attention_levels": (1, 1)}, "attention_levels: repeated level"),
     ({"groups": 3}, r"groups: 3 must divide the channels of every level \(8, 16\)"),
-    ({"num_heads": 3}, "num_heads: 3 must divide"),
+    ({"n_heads": 3}, "n_heads: 3 must divide"),
     ({"dropout": 1.0}, "dropout: expected a probability"),
     ({"conditioning": "concat"}, "conditioning: expected 'add' or 'film'"),
     ({"num_classes": 0}, "num_classes: expected a positive int or None"),

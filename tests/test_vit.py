@@ -7,19 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from handbook import shapeworld as sw
-from handbook.vit import (
-    SmallCNN,
-    PatchEmbed,
-    ViT,
-    ViTConfig,
-    accuracy,
-    augment_batch,
-    cnn_width_for,
-    patchify,
-    sincos_2d_positional_embedding,
-    train_classifier,
-    unpatchify,
-)
+from handbook.classification import SmallCNN, accuracy, augment_batch, cnn_width_for, train_classifier
+from handbook.embeddings import sincos_2d_positional_embedding
+from handbook.vit import PatchEmbed, ViT, ViTConfig, patchify, unpatchify
 
 B = 2
 
@@ -137,10 +127,10 @@ def test_vit_shapes_gradients_and_attention(name):
     maps = model.attention_maps(images)
     assert len(maps) == c.n_layer
     for m in maps:
-        assert m.shape == (B, c.n_head, c.num_patches + 1, c.num_patches + 1)
+        assert m.shape == (B, c.n_heads, c.num_patches + 1, c.num_patches + 1)
         torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
     cls = model.cls_attention(images, layer=0)
-    assert cls.shape == (B, c.n_head, *c.grid_size)
+    assert cls.shape == (B, c.n_heads, *c.grid_size)
     torch.testing.assert_close(cls, maps[0][:, :, 0, 1:].reshape(cls.shape))
     assert all(block.last_attention is None for block in model.blocks)
 
@@ -216,7 +206,7 @@ def test_bad_inputs_and_configs():
         with pytest.raises(ValueError, match=field):
             ViTConfig.tiny(**{field: value})
     with pytest.raises(ValueError, match="d_model"):
-        ViTConfig.tiny(d_model=6, n_head=2, positional="sincos")
+        ViTConfig.tiny(d_model=6, n_heads=2, positional="sincos")
     config = ViTConfig.tiny(image_size=[8, 12], patch_size=2)
     assert config.image_size == (8, 12) and ViTConfig.from_dict(config.to_dict()) == config
 

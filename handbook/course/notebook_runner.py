@@ -1,6 +1,6 @@
 """Execute a notebook top to bottom with nbclient, without the lost-reply stall.
 
-``execute_notebook`` is what the benchmark (``handbook.bench``) and the tests use to run a whole
+``execute_notebook`` is what the benchmark (``handbook.course.bench``) and the tests use to run a whole
 notebook as a student's "Run all" would.
 
 Why not plain ``nbclient.NotebookClient``: nbclient waits for each cell's ``execute_reply`` with

@@ -1,7 +1,7 @@
 """The ``handbook`` command: one entry point for the course's tools.
 
     handbook assign [--check]        regenerate chapters/ from solutions/
-    handbook grade SUBMISSIONS ...   grade submitted notebooks (see handbook/grading/)
+    handbook grade SUBMISSIONS ...   grade submitted notebooks (see handbook/course/grading/)
     handbook zoo list|verify|train   the shipped checkpoints
     handbook bench [--only PART]     the benchmark table (benchmarks/RESULTS.md)
 
@@ -17,10 +17,10 @@ import sys
 
 # sub-command -> (module that implements it, one line of help)
 COMMANDS = {
-    "assign": ("handbook.notebooks_cli", "generate student notebooks (chapters/) from solutions/"),
+    "assign": ("handbook.course.notebooks_cli", "generate student notebooks (chapters/) from solutions/"),
     "zoo": ("handbook.zoo", "list, verify or retrain the shipped checkpoints"),
-    "bench": ("handbook.bench", "measure speed and quality; write benchmarks/RESULTS.md"),
-    "grade": ("handbook.grading.cli", "grade submitted notebooks: gradebook, feedback, Gradescope results"),
+    "bench": ("handbook.course.bench", "measure speed and quality; write benchmarks/RESULTS.md"),
+    "grade": ("handbook.course.grading.cli", "grade submitted notebooks: gradebook, feedback, Gradescope results"),
 }
 
 

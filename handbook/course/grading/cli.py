@@ -2,7 +2,7 @@
 
     handbook grade SUBMISSIONS --solutions solutions/ --out OUT [-j N] [--manual FILE]
                    [--timeout S] [--memory-mb N]
-    python -m handbook.grading SUBMISSIONS ...          (the same command)
+    python -m handbook.course.grading SUBMISSIONS ...          (the same command)
 
 SUBMISSIONS holds one folder per student (the folder name is the student id) with that student's
 notebooks, matched to the solutions by file name. The run, in order:
@@ -11,7 +11,7 @@ notebooks, matched to the solutions by file name. The run, in order:
    (``submissions``); read and check the ``--manual`` file, so that a typo in it stops the run
    before any grading time is spent;
 2. grade the readable submissions in ``-j N`` checker processes (``python -m
-   handbook.grading.checker``), several submissions of one chapter per process so that its
+   handbook.course.grading.checker``), several submissions of one chapter per process so that its
    reference answers are computed once; a tqdm bar counts the submissions;
 3. write every output from the results held in memory (``report``), then print the summary.
 
@@ -42,9 +42,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from handbook.grading import report
-from handbook.grading.checker import Limits
-from handbook.grading.submissions import MAX_FILE_BYTES, Batch, Solution, Submission, discover, load_solutions
+from handbook.course.grading import report
+from handbook.course.grading.checker import Limits
+from handbook.course.grading.submissions import MAX_FILE_BYTES, Batch, Solution, Submission, discover, load_solutions
 
 DEFAULT_TIMEOUT = 120.0     # seconds for one cell of a student notebook, and for one check's calls
 # The whole notebook gets this many cell limits: enough for every honest chapter, while one
@@ -61,7 +61,7 @@ CHECKER_SLACK_FACTOR = 1.5
 MAX_PER_CHECKER = 8
 MAX_CHECKER_OUTPUT = 64 * 1024 * 1024
 # How the checker process is started (after the interpreter); tests swap in a misbehaving one.
-CHECKER_ARGS = ("-m", "handbook.grading.checker")
+CHECKER_ARGS = ("-m", "handbook.course.grading.checker")
 
 
 # ---- the checker subprocess -------------------------------------------------------------------
@@ -95,7 +95,7 @@ def checker_timeout(n_submissions: int, solution: Solution, limits: dict) -> flo
 
 
 def run_checker(job: dict, timeout: float) -> dict:
-    """Run ``python -m handbook.grading.checker`` on ``job``; its parsed JSON answer.
+    """Run ``python -m handbook.course.grading.checker`` on ``job``; its parsed JSON answer.
 
     The process gets its own session so that, past ``timeout``, it is killed with everything it
     started; it runs in an empty temporary folder. Raises CheckerFailure with a readable reason

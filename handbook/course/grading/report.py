@@ -37,7 +37,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from handbook.grading.submissions import NOTEBOOK_NOTE, Solution, Submission, is_unanswered
+from handbook.course.grading.submissions import NOTEBOOK_NOTE, Solution, Submission, is_unanswered
 
 STATUSES = ("pass", "fail", "error", "timeout", "missing", "manual")
 AUTO_STATUSES = ("pass", "fail", "error", "timeout")

@@ -1,7 +1,7 @@
 """The benchmark command: speed and quality figures beside the bar each issue sets.
 
-    python -m handbook.bench                 every part, then write the table
-    python -m handbook.bench --only judge    one part (the others keep their last figures)
+    python -m handbook bench                       every part, then write the table
+    python -m handbook bench --only judge          one part (the others keep their last figures)
 
 Writes ``benchmarks/results.json`` (a list of {"name", "value", "unit", "bar", "meets", ...}) and
 ``benchmarks/RESULTS.md`` (the same as a table). Figures are medians over ``--repeats`` runs,
@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "benchmarks"
 # Notebook time limits set by the issues (seconds): chapter 1 has 60 s, every other chapter 90 s.
 NOTEBOOK_SECONDS_BAR = {"01": 60.0}
@@ -96,7 +96,7 @@ def time_notebook(path: Path, timeout: int = 600) -> float:
 
     import nbformat
 
-    from handbook.notebook_runner import execute_notebook
+    from handbook.course.notebook_runner import execute_notebook
 
     nb = nbformat.read(str(path), as_version=4)
     with tempfile.TemporaryDirectory() as cache:
@@ -146,7 +146,7 @@ GRADING_SECONDS_BAR = 5 * 60.0
 def _grade_sample_batch(submissions: Path, out: Path) -> tuple[float, list[list[str]]]:
     import csv
 
-    from handbook.grading.cli import grade_batch
+    from handbook.course.grading.cli import grade_batch
 
     # The batch is chapter 1 only: grade it against chapter 1 only, so that the other chapters'
     # questions (all "missing") neither cost time nor count in the scores.
@@ -161,13 +161,13 @@ def _grade_sample_batch(submissions: Path, out: Path) -> tuple[float, list[list[
 
 
 def bench_grading(repeats: int) -> list[Result]:
-    """30 chapter-1 submissions (good, wrong, hostile: see handbook.grading.sample_batch), -j 2, twice.
+    """30 chapter-1 submissions (good, wrong, hostile: see handbook.course.grading.sample_batch), -j 2, twice.
 
     Two runs must give identical grades; each kind of student must get the score it deserves.
     """
     import tempfile
 
-    from handbook.grading import sample_batch
+    from handbook.course.grading import sample_batch
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -238,7 +238,8 @@ def bench_vit(repeats: int) -> list[Result]:
     """Chapter 3: the notebook's main ViT (standardised pixels, 150 steps), test accuracy on shape x colour."""
     from handbook import shapeworld
     from handbook.device import make_generator
-    from handbook.vit import ViT, ViTConfig, accuracy, train_classifier
+    from handbook.classification import SHAPEWORLD_TRAIN_STEPS, accuracy, train_classifier
+    from handbook.vit import ViT, ViTConfig
 
     train = shapeworld.load_images("train", n=10_000, resolution=32, seed=0)
     test = shapeworld.load_images("test", n=2_000, resolution=32, seed=1)
@@ -250,7 +251,8 @@ def bench_vit(repeats: int) -> list[Result]:
     for _ in range(repeats):
         torch.manual_seed(0)
         model = ViT(ViTConfig.shapeworld(), generator=make_generator(0))
-        history = train_classifier(model, x_train, train.class_index, 150, make_generator(0), progress=False)
+        history = train_classifier(model, x_train, train.class_index, SHAPEWORLD_TRAIN_STEPS, make_generator(0),
+                                   progress=False)
         accuracies.append(accuracy(model, x_test, test.class_index))
         seconds.append(history.seconds)
     return [
@@ -332,7 +334,7 @@ def write_tables(results: list[dict], out_dir: Path = OUT_DIR) -> None:
     lines = [
         "# Benchmark results",
         "",
-        "Written by `python -m handbook.bench` (medians; the machine is shared and noisy).",
+        "Written by `python -m handbook bench` (medians; the machine is shared and noisy).",
         "Measured on: " + "; ".join(sorted({r.get("machine", "?") for r in results})) + ".",
         "",
         "| name | value | unit | bar | meets | how | date |",
@@ -364,7 +366,7 @@ def run(parts: list[str], repeats: int, out_dir: Path = OUT_DIR) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handbook.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="handbook bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=sorted(PARTS),
                         help="run only this part (repeatable); default: every part")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported (default 3)")

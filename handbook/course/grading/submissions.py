@@ -31,7 +31,7 @@ from pathlib import Path
 
 import nbformat
 
-from handbook.notebooks import (
+from handbook.course.notebooks import (
     BEGIN_HIDDEN,
     NBFORMAT_VERSION,
     is_graded_cell,

@@ -3,7 +3,7 @@
 Student code runs in exactly one place: an IPython kernel started by the checker through
 ``jupyter_client``, whose command line is
 
-    python -m handbook.grading.sandbox -f CONNECTION_FILE --scratch DIR --memory-mb N ...
+    python -m handbook.course.grading.sandbox -f CONNECTION_FILE --scratch DIR --memory-mb N ...
 
 Before that process starts ipykernel (so before it has a second thread, and long before any
 student code), it
@@ -58,7 +58,7 @@ from pathlib import Path
 
 import zmq
 
-from handbook.grading import landlock, protocol
+from handbook.course.grading import landlock, protocol
 
 # Files and folders the checker and the kernel agree on, inside the scratch folder.
 CONNECTION_FILE = "kernel-connection.json"
@@ -182,7 +182,7 @@ def _prepare_shell(shell) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handbook.grading.sandbox",
+    parser = argparse.ArgumentParser(prog="python -m handbook.course.grading.sandbox",
                                      description="Start a confined IPython kernel for grading.")
     parser.add_argument("-f", dest="connection_file", required=True)
     parser.add_argument("--scratch", required=True, help="the only folder the kernel may write to")
@@ -407,7 +407,7 @@ class SandboxedKernel:
 
         spec_dir = self.home / "kernels" / "handbook-grading"
         spec_dir.mkdir(parents=True)
-        argv = [sys.executable, "-m", "handbook.grading.sandbox", "-f", "{connection_file}",
+        argv = [sys.executable, "-m", "handbook.course.grading.sandbox", "-f", "{connection_file}",
                 "--scratch", str(self.scratch), "--memory-mb", str(self.limits.memory_mb),
                 "--cpu-seconds", str(self.limits.cpu_seconds), "--file-mb", str(self.limits.file_mb)]
         for path in self.readable:
@@ -513,7 +513,7 @@ class SandboxedKernel:
         number = self._calls
         limits = protocol.Limits(array_bytes=self.limits.message_mb * 2**20)
         generators = protocol.write_message(self.scratch, f"call_{number}", {"args": list(args), "kwargs": dict(kwargs)})
-        snippet = (f"__import__('handbook.grading.sandbox', fromlist=['serve_call'])"
+        snippet = (f"__import__('handbook.course.grading.sandbox', fromlist=['serve_call'])"
                    f".serve_call(globals(), {name!r}, {number}, {str(self.scratch)!r})")
         outcome = self.run(snippet, timeout)
         if outcome.status == "timeout":

@@ -3,7 +3,7 @@
 An instructor can try the grader before the real hand-in, and the benchmark measures it on the
 same kind of batch::
 
-    python -m handbook.grading.sample_batch solutions/01_introduction.ipynb SUBMISSIONS --students 30
+    python -m handbook.course.grading.sample_batch solutions/01_introduction.ipynb SUBMISSIONS --students 30
     handbook grade SUBMISSIONS --solutions solutions --out OUT -j 2
 
 Each kind of student is a function of the solution notebook that returns the bytes of the file
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from handbook import notebooks as nbp
+from handbook.course import notebooks as nbp
 
 
 def _answer_cells(nb) -> list:
@@ -149,7 +149,7 @@ def write_batch(solution: str | Path, out: str | Path, students: int = 30) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handbook.grading.sample_batch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m handbook.course.grading.sample_batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("solution", help="a solution notebook, e.g. solutions/01_introduction.ipynb")
     parser.add_argument("out", help="folder to write the submissions into (one folder per student)")
     parser.add_argument("--students", type=int, default=30)

@@ -37,7 +37,7 @@ A question is worth its points when its check cell runs to the end, and nothing 
 
 Command line (what the grading command runs, one process per group of submissions)::
 
-    python -m handbook.grading.checker < job.json > answer.json
+    python -m handbook.course.grading.checker < job.json > answer.json
 
 The job (stdin) is one chapter and one or more submissions::
 
@@ -75,8 +75,8 @@ from dataclasses import dataclass
 
 import nbformat
 
-from handbook import notebooks
-from handbook.grading.sandbox import (INTERRUPT_GRACE_SECONDS, MISSING, START_SECONDS, CallTimeout,
+from handbook.course import notebooks
+from handbook.course.grading.sandbox import (INTERRUPT_GRACE_SECONDS, MISSING, START_SECONDS, CallTimeout,
                                       KernelLimits, KernelLost, SandboxedKernel, StudentCodeError)
 
 MESSAGE_CHARS = 2000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from handbook.notebooks import assign
+from handbook.course.notebooks import assign
 
 
 def main(argv: list[str] | None = None) -> int:
