@@ -525,3 +525,21 @@ def test_load_images_bad_input_names_the_argument(cache):
         with pytest.raises(ValueError, match=f"^{name}:"):
             sw.load_images(**{"n": 4, "resolution": 4, **kwargs})
     assert len(sw.load_images("val", n=0, resolution=4)) == 0
+
+
+def test_classes_number_shape_major_and_invert():
+    from handbook.shapeworld import NUM_CLASSES, NUM_COLOURS, class_name, class_of, shape_and_colour
+
+    assert (NUM_CLASSES, NUM_COLOURS) == (len(sw.SHAPES) * len(sw.COLOURS), len(sw.COLOURS))
+    assert class_of("cube", "green") == 1 * len(sw.COLOURS) + 1 == class_of(1, 1)
+    assert class_name(class_of("cone", "purple")) == "purple cone"
+    classes = torch.arange(NUM_CLASSES)
+    shape, colour = shape_and_colour(classes)
+    assert torch.equal(class_of(shape, colour), classes)
+    assert [class_name(c) for c in (0, NUM_CLASSES - 1)] == [f"{sw.COLOURS[0]} {sw.SHAPES[0]}", f"{sw.COLOURS[-1]} {sw.SHAPES[-1]}"]
+    data = sw.load_images("train", n=8, resolution=8, seed=0)
+    assert torch.equal(data.class_index, class_of(data.shape, data.colour))
+    for bad, call in [("shape", lambda: class_of("cubee", "red")), ("c:", lambda: class_name(NUM_CLASSES)),
+                      ("classes", lambda: shape_and_colour(torch.tensor([1.5])))]:
+        with pytest.raises(ValueError, match=bad):
+            call()

@@ -13,9 +13,11 @@ The modules, one job each:
 - ``captions``  the caption grammar, its parser, and a word-level tokenizer
 - ``points``    2D points spread along outlines (circle, square, triangle, star, heart)
 - ``dataset``   the image data set with fixed disjoint train/val/test splits, cached
+- ``classes``   the 30 (shape, colour) classes: class_of, shape_and_colour, class_name
 """
 
 from .captions import MAX_CAPTION_TOKENS, VIEWS, CaptionTokenizer, caption, is_valid_caption, parse_caption, view_of
+from .classes import NUM_CLASSES, NUM_COLOURS, NUM_SHAPES, class_name, class_of, shape_and_colour
 from .dataset import SPLITS, ShapeWorldImages, load_images
 from .geometry import SHAPES, SIZE_SCALE, SIZES, bounding_radius, occupancy, signed_distance
 from .points import OUTLINES, load_points, outline_points, outline_polygon
@@ -40,4 +42,5 @@ __all__ = [
     "view_of", "caption", "is_valid_caption", "parse_caption", "CaptionTokenizer",
     "outline_points", "outline_polygon", "load_points",
     "load_images", "ShapeWorldImages",
+    "NUM_SHAPES", "NUM_COLOURS", "NUM_CLASSES", "class_of", "shape_and_colour", "class_name",
 ]

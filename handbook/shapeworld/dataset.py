@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from ._checks import check_choice, check_int
 from .captions import caption, view_of
+from .classes import class_of
 from .geometry import SHAPES, SIZES
 from .render import COLOURS, DEFAULT_DISTANCE, render_batch
 
@@ -83,8 +84,8 @@ class ShapeWorldImages(Dataset):
 
     @property
     def class_index(self) -> torch.Tensor:
-        """One class per (shape, colour) pair: shape * len(COLOURS) + colour -> (N,)."""
-        return self.shape * len(COLOURS) + self.colour
+        """One class per (shape, colour) pair: shape * NUM_COLOURS + colour -> (N,) (see classes.py)."""
+        return class_of(self.shape, self.colour)
 
     def __repr__(self) -> str:
         return f"ShapeWorldImages(N={len(self)}, images={tuple(self.images.shape)})"
