@@ -308,6 +308,31 @@ def bench_ddpm(repeats: int) -> list[Result]:
     ]
 
 
+# The model files of chapters 2-5, whose input checks must leave the maths readable (issue: the
+# package a student reads). See handbook/course/layout.py for how a check line is counted.
+MODEL_FILES = ("attention", "transformer", "vit", "unet", "diffusion")
+CHECK_SHARE_BAR = 0.10
+
+
+def bench_layout(repeats: int) -> list[Result]:
+    """How the package reads: input checks per model file; what ``import handbook.zoo`` loads."""
+    from handbook.course.layout import check_share, modules_loaded_by
+
+    rows = [result(f"layout.check_share_{name}", [check_share(ROOT / "handbook" / f"{name}.py")], "fraction",
+                   f"<= {CHECK_SHARE_BAR:g}", f"input-check lines over code lines of handbook/{name}.py")
+            for name in MODEL_FILES]
+    loaded = modules_loaded_by("handbook.zoo")
+    models = [m for m in loaded if m.partition(".")[2] in MODELS_NOT_FOR_THE_ZOO]
+    rows.append(result("layout.zoo_import_loads_models", [float(len(models))], "modules", "<= 0",
+                       f"model modules a fresh `import handbook.zoo` loads: {', '.join(models) or 'none'} "
+                       f"(of {len(loaded)} handbook modules)"))
+    return rows
+
+
+MODELS_NOT_FOR_THE_ZOO = ("attention", "transformer", "vit", "unet", "diffusion", "ddpm2d", "ddpm_images",
+                          "judge", "denoising", "classification", "embeddings", "language")
+
+
 PARTS: dict[str, Callable[[int], list[Result]]] = {
     "shapeworld": bench_shapeworld,
     "judge": bench_judge,
@@ -318,6 +343,7 @@ PARTS: dict[str, Callable[[int], list[Result]]] = {
     "notebooks": bench_notebooks,
     "grading": bench_grading,
     "suite": bench_suite,
+    "layout": bench_layout,
 }
 
 
