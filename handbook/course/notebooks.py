@@ -195,18 +195,25 @@ def notebook_text(nb) -> str:
     return nbformat.writes(nb) + "\n"
 
 
+def solution_notebooks(folder: str | Path) -> list[Path]:
+    """The solution notebooks of a folder, sorted; ValueError naming ``solutions`` if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"solutions: {folder} is not a folder")
+    paths = sorted(folder.glob("*.ipynb"))
+    if not paths:
+        raise ValueError(f"solutions: no .ipynb notebooks in {folder}")
+    return paths
+
+
 def assign(solutions: str | Path = "solutions", chapters: str | Path = "chapters", check: bool = False) -> list[Path]:
     """Generate ``chapters/`` from ``solutions/``; return the student notebooks that changed.
 
     With ``check=True`` nothing is written: the return value lists what is out of date, so a test
     (or CI) can fail when somebody edited a solution and forgot to regenerate.
     """
-    solutions, chapters = Path(solutions), Path(chapters)
-    if not solutions.is_dir():
-        raise ValueError(f"solutions: {solutions} is not a folder")
-    sources = sorted(solutions.glob("*.ipynb"))
-    if not sources:
-        raise ValueError(f"solutions: no .ipynb notebooks in {solutions}")
+    chapters = Path(chapters)
+    sources = solution_notebooks(solutions)
     changed: list[Path] = []
     for source in sources:
         target = chapters / source.name

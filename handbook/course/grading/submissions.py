@@ -38,6 +38,7 @@ from handbook.course.notebooks import (
     is_solution_cell,
     nbgrader_meta,
     read_notebook,
+    solution_notebooks,
     student_version,
     validate_notebook,
 )
@@ -165,12 +166,7 @@ def load_solution(path: str | Path) -> Solution:
 def load_solutions(solutions_dir: str | Path) -> dict[str, Solution]:
     """Every solution notebook of the folder, by file name, read now and kept in memory."""
     folder = Path(solutions_dir)
-    if not folder.is_dir():
-        raise ValueError(f"solutions: {folder} is not a folder")
-    paths = sorted(folder.glob("*.ipynb"))
-    if not paths:
-        raise ValueError(f"solutions: no .ipynb notebooks in {folder}")
-    solutions = {p.name: load_solution(p) for p in paths}
+    solutions = {p.name: load_solution(p) for p in solution_notebooks(folder)}
     if not any(s.questions for s in solutions.values()):
         raise ValueError(f"solutions: no notebook in {folder} has a graded cell (nbgrader 'grade: true')")
     return solutions
