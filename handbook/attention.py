@@ -15,7 +15,8 @@ Conventions (../shared/REFERENCES.md):
 - A query that may attend to *nothing* (its mask row is all False) gets all-zero weights and a zero
   output. The softmax of a row of -inf is 0/0 = NaN; a NaN would then spread through every later
   layer, so we define the result instead of letting it happen.
-- Shapes are batch-first: ``(..., T, D)``; multi-head tensors are ``(B, H, T, Dh)``.
+- Shapes are batch-first: queries ``(..., T, D)``, keys and values ``(..., S, D)`` (S = T in
+  self-attention); multi-head tensors are ``(B, H, T, Dh)``, Dh = D / H.
 
 ``MultiHeadAttention`` is shared by every later chapter: the GPT of chapter 2, the ViT of chapter
 3, the U-Net's attention blocks (chapter 4), DiT (chapter 6) and the text-conditioned models of
@@ -29,70 +30,46 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from handbook import checks
 
 
 def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(T, T) boolean mask, True on and below the diagonal: token i may attend to tokens 0..i."""
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"T: expected a positive int, got {T!r}")
+    checks.positive_int("T", T)
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
-
-
-def _check_mask(mask: torch.Tensor, Tq: int, Tk: int, batch_shape: torch.Size) -> None:
-    """A mask must be boolean and broadcast to (..., Tq, Tk) *without* changing those two axes."""
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask: expected a boolean tensor (True = may attend), got {got}")
-    if mask.dim() < 2 or mask.shape[-2] not in (1, Tq) or mask.shape[-1] not in (1, Tk):
-        raise ValueError(f"mask: expected a shape broadcastable to (..., Tq={Tq}, Tk={Tk}), "
-                         f"got {tuple(mask.shape)}")
-    try:
-        torch.broadcast_shapes(mask.shape[:-2], batch_shape)
-    except RuntimeError:
-        raise ValueError(f"mask: its leading axes {tuple(mask.shape[:-2])} do not broadcast against "
-                         f"the batch axes {tuple(batch_shape)} of q") from None
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  mask: torch.Tensor | None = None, dropout: float = 0.0,
                                  generator: torch.Generator | None = None,
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T / sqrt(D) masked) v, returning ``(out, weights)``.
+    """softmax(q k^T / sqrt(D) + M) v (eq. 2.1), returning ``(out, weights)``.
 
-    q: (..., Tq, D); k: (..., Tk, D); v: (..., Tk, Dv); mask: bool, broadcastable to (..., Tq, Tk),
-    True = may attend. Returns out (..., Tq, Dv) and weights (..., Tq, Tk), whose rows sum to 1 -
+    q: (..., T, D); k: (..., S, D); v: (..., S, Dv); mask: bool, broadcastable to (..., T, S),
+    True = may attend. Returns out (..., T, Dv) and weights (..., T, S), whose rows sum to 1 -
     except rows of queries that may attend to nothing, which are all zeros (and so is their output).
-    ``dropout`` (training only) zeroes weights after the softmax, as in the Transformer paper.
+    ``dropout`` zeroes weights after the softmax and scales the rest by 1 / (1 - dropout)
+    (attention dropout; ``MultiHeadAttention`` passes it in training mode only).
     """
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor) or x.dim() < 2:
-            raise ValueError(f"{name}: expected a tensor shaped (..., T, D), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k: expected the same last dimension D, got {q.shape[-1]} and {k.shape[-1]}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k and v: expected the same number of tokens Tk, got {k.shape[-2]} and {v.shape[-2]}")
-    Tq, Tk, D = q.shape[-2], k.shape[-2], q.shape[-1]
-
+    checks.shapes(q=(q, "... T D"), k=(k, "... S D"), v=(v, "... S Dv"), masks={"mask": (mask, "... T S")})
     # Dividing by sqrt(D) keeps the variance of a score at about 1 whatever the width: a dot
     # product of D unit-variance terms has variance D, and large scores saturate the softmax.
-    scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (..., Tq, Tk)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T, S)
     if mask is not None:
-        _check_mask(mask, Tq, Tk, q.shape[:-2])
         scores = scores.masked_fill(~mask, float("-inf"))
         # A row with nothing to attend would be softmax(-inf, ..., -inf) = NaN. Give it finite
         # scores (any will do) and zero its weights after the softmax: no NaN in values or gradients.
-        has_any = mask.any(dim=-1, keepdim=True)  # (..., Tq, 1)
+        has_any = mask.any(dim=-1, keepdim=True)  # (..., T, 1)
         scores = scores.masked_fill(~has_any, 0.0)
-        weights = torch.softmax(scores, dim=-1) * has_any  # (..., Tq, Tk)
+        weights = torch.softmax(scores, dim=-1) * has_any  # (..., T, S)
     else:
-        weights = torch.softmax(scores, dim=-1)  # (..., Tq, Tk)
+        weights = torch.softmax(scores, dim=-1)  # (..., T, S)
     if dropout > 0.0:
         keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout
         weights = weights * keep / (1.0 - dropout)
-    return weights @ v, weights  # (..., Tq, Dv), (..., Tq, Tk)
+    return weights @ v, weights  # (..., T, Dv), (..., T, S)
 
 
 @dataclass
@@ -125,7 +102,7 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention (handbook eq. 2.2): H attentions in parallel, each on a Dh = D/H slice.
 
     ``forward(x)`` is self-attention; ``forward(x, context)`` is cross-attention: the queries come
-    from ``x`` (B, T, d_model), the keys and values from ``context`` (B, S, d_context). This is how
+    from ``x`` (B, T, D), the keys and values from ``context`` (B, S, d_context). This is how
     the text-conditioned models of chapters 7 and 8 read a caption.
 
     With the same weights, it equals ``nn.MultiheadAttention(d_model, n_heads, batch_first=True)``
@@ -135,20 +112,11 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
                  d_context: int | None = None):
         super().__init__()
-        for name, value in (("d_model", d_model), ("n_heads", n_heads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model: expected a multiple of n_heads={n_heads}, got {d_model} "
-                             f"(each head gets d_model / n_heads channels)")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-        if d_context is not None and (not isinstance(d_context, int) or d_context < 1):
-            raise ValueError(f"d_context: expected a positive int or None, got {d_context!r}")
+        checks.divisible("d_model", d_model, "n_heads", n_heads)
+        self.dropout = checks.real("dropout", dropout, 0.0, 1.0, open_high=True)  # kept weights grow by 1 / (1 - p)
+        self.d_context = checks.positive_int("d_context", d_context, none_ok=True)
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
-        self.d_context = d_context
-        self.dropout = dropout
-        kv_in = d_model if d_context is None else d_context
+        kv_in = d_context or d_model
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(kv_in, d_model, bias=bias)
         self.v_proj = nn.Linear(kv_in, d_model, bias=bias)
@@ -161,43 +129,26 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, return_weights: bool = False,
                 cache: KVCache | None = None):
-        """x: (B, T, d_model); context: (B, S, d_context) or None (self-attention).
+        """x: (B, T, D); context: (B, S, d_context), or None for self-attention (S = T).
 
         mask: bool, (T, S), (B, T, S) or broadcastable to (B, H, T, S); True = may attend.
         cache: a ``KVCache`` (self-attention only) to which this call's keys and values are
         appended; the queries then attend to every cached token too, and ``mask`` must cover them.
-        Returns y (B, T, d_model), or (y, weights (B, H, T, S)) when ``return_weights``.
+        Returns y (B, T, D), or (y, weights (B, H, T, S)) when ``return_weights``.
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected a tensor shaped (B, T, d_model={self.d_model}), got {got}")
+        checks.exclusive("a key-value cache is for self-attention only", context=context, cache=cache)
+        if context is None and self.d_context is None:
+            context = x  # self-attention: S = T
+        sizes = {"D": self.d_model, "d_context": self.d_context or self.d_model}
+        checks.shapes(x=(x, "B T D"), context=(context, "B S d_context"), sizes=sizes)
         B, T, D = x.shape
-        if context is None:
-            if self.d_context is not None:
-                raise ValueError(f"context: this layer was built for cross-attention "
-                                 f"(d_context={self.d_context}); pass a context tensor (B, S, {self.d_context})")
-            context = x
-        else:
-            want = self.d_model if self.d_context is None else self.d_context
-            if not isinstance(context, torch.Tensor) or context.dim() != 3 or context.shape[0] != B \
-                    or context.shape[-1] != want:
-                got = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
-                raise ValueError(f"context: expected a tensor shaped (B={B}, S, {want}), got {got}")
-            if cache is not None:
-                raise ValueError("cache: a key-value cache is for self-attention only (context must be None)")
-
         q = self._split_heads(self.q_proj(x))        # (B, H, T, Dh)
         k = self._split_heads(self.k_proj(context))  # (B, H, S, Dh)
         v = self._split_heads(self.v_proj(context))  # (B, H, S, Dh)
         if cache is not None:
             k, v = cache.append(k, v)                # (B, H, T_past + T, Dh)
-        if isinstance(mask, torch.Tensor):
-            if mask.dim() > 4:
-                raise ValueError(f"mask: expected at most 4 axes (B, H, T, S), got {tuple(mask.shape)}")
-            if mask.dim() == 3:  # (B, T, S): one mask per sequence, shared by the heads
-                if mask.shape[0] not in (1, B):
-                    raise ValueError(f"mask: a 3-axis mask is read as (B={B}, T, S), got {tuple(mask.shape)}")
-                mask = mask[:, None]  # (B, 1, T, S)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+            mask = mask[:, None]                     # (B, 1, T, S): one mask per sequence, shared by the heads
         dropout = self.dropout if self.training else 0.0
         out, weights = scaled_dot_product_attention(q, k, v, mask=mask, dropout=dropout)  # (B, H, T, Dh)
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, D): the heads side by side again

@@ -8,15 +8,16 @@
 
 from __future__ import annotations
 
-import math
+import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handbook.training import History, train
-from handbook.vit import _check_images, _check_positive_int
+from handbook import checks
+from handbook.initialisation import fan_in_uniform_
+from handbook.training import History, train, warmup_cosine
 
 # Steps of ``train_classifier`` (batch 32, its defaults) for the chapter's bar, >= 90% test accuracy
 # on ShapeWorld shape x colour within a CPU minute, on standardised pixels (chapter 3, section 4):
@@ -35,7 +36,7 @@ class SmallCNN(nn.Module):
                  generator: torch.Generator | None = None):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width)):
-            _check_positive_int(name, value)
+            checks.positive_int(name, value)
         layers, c_in = [], in_channels
         with torch.random.fork_rng(devices=[]):  # the default init is redrawn from ``generator`` below
             for i, c_out in enumerate((width, 2 * width, 4 * width)):
@@ -44,12 +45,9 @@ class SmallCNN(nn.Module):
                 c_in = c_out
             self.features = nn.Sequential(*layers)
             self.head = nn.Linear(4 * width, num_classes)
-        with torch.no_grad():  # PyTorch's default U(+-1/sqrt(fan_in)), from ``generator``
-            for m in (*self.features, self.head):
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    bound = 1.0 / math.sqrt(m.weight[0].numel())
-                    nn.init.uniform_(m.weight, -bound, bound, generator=generator)
-            nn.init.uniform_(self.head.bias, -bound, bound, generator=generator)
+        for m in (*self.features, self.head):  # PyTorch's default U(+-1/sqrt(fan_in)), from ``generator``
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in_uniform_(m, generator)
 
     @staticmethod
     def count_parameters(in_channels: int, num_classes: int, width: int) -> int:
@@ -63,14 +61,14 @@ class SmallCNN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images, self.features[0].in_channels)
-        h = self.features(images)                                    # (B, 4w, H/4, W/4)
+        checks.tensor("images", images, "B C Hh Ww", C=self.features[0].in_channels)
+        h = self.features(images)                                    # (B, 4w, Hh/4, Ww/4)
         return self.head(h.mean(dim=(2, 3)))                         # (B, num_classes)
 
 
 def cnn_width_for(num_parameters: int, in_channels: int = 3, num_classes: int = 30) -> int:
     """The ``SmallCNN`` width whose parameter count is closest to ``num_parameters``."""
-    _check_positive_int("num_parameters", num_parameters)
+    checks.positive_int("num_parameters", num_parameters)
     width = 1
     while SmallCNN.count_parameters(in_channels, num_classes, width + 1) <= num_parameters:
         width += 1
@@ -81,21 +79,20 @@ def cnn_width_for(num_parameters: int, in_channels: int = 3, num_classes: int = 
 # ---- training and evaluation -----------------------------------------------------------------
 
 def _check_data(images: Any, labels: Any) -> None:
-    _check_images(images)
-    if not isinstance(labels, torch.Tensor) or labels.shape != images.shape[:1] or labels.dtype != torch.long:
-        got = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels: expected a long tensor shaped ({images.shape[0]},), got {got}")
+    B = checks.tensor("images", images, "B C Hh Ww")[0]
+    if not (isinstance(labels, torch.Tensor) and labels.shape == (B,) and labels.dtype == torch.long):
+        raise ValueError(f"labels: expected a long tensor shaped ({B},), got {checks.describe(labels)}")
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Random horizontal flips and shifts of up to ``max_shift`` pixels (edge-padded): label-preserving
     for ShapeWorld, whose classes do not depend on left and right or on the exact position."""
-    B, C, H, W = images.shape
+    B, C, Hh, Ww = images.shape
     flip = torch.rand(B, generator=generator) < 0.5                          # (B,)
     images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
-    padded = F.pad(images, (max_shift,) * 4, mode="replicate")              # (B, C, H + 2s, W + 2s)
+    padded = F.pad(images, (max_shift,) * 4, mode="replicate")              # (B, C, Hh + 2s, Ww + 2s)
     dy, dx = torch.randint(2 * max_shift + 1, (2, B), generator=generator).tolist()
-    return torch.stack([padded[b, :, dy[b]:dy[b] + H, dx[b]:dx[b] + W] for b in range(B)])  # (B, C, H, W)
+    return torch.stack([padded[b, :, dy[b]:dy[b] + Hh, dx[b]:dx[b] + Ww] for b in range(B)])  # (B, C, Hh, Ww)
 
 
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
@@ -110,19 +107,14 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     shortened to a CPU minute. Batches are drawn with ``generator``; the model is left in eval mode.
     """
     _check_data(images, labels)
-    _check_positive_int("steps", steps)
-    _check_positive_int("batch_size", batch_size)
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    checks.positive_int("steps", steps)
+    checks.positive_int("batch_size", batch_size)
+    checks.instance("generator", generator, torch.Generator, "a torch.Generator")
     device = next(model.parameters()).device
     images, labels = images.to(device), labels.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    # Warm up over the first 5% of the steps, then a half cosine to zero (training.warmup_cosine).
+    schedule = functools.partial(warmup_cosine, warmup=max(1, steps // 20), total=steps)
 
     def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(images.shape[0], (batch_size,), generator=generator).to(device)  # (B,)
@@ -144,7 +136,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
     """The fraction of ``images`` whose most likely class is the label (model in eval mode)."""
     _check_data(images, labels)
-    _check_positive_int("batch_size", batch_size)
+    checks.positive_int("batch_size", batch_size)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -6,7 +6,7 @@ schedule, the loss, the samplers) is ``handbook.diffusion``; this module holds o
 specific to 2D:
 
 * ``MLPDenoiser``: ``model(x_t, t, cond) -> (B, 2)``, the noise (or x0) prediction. The timestep
-  enters through the sinusoidal ``handbook.unet.timestep_embedding`` and an MLP, an optional
+  enters through the sinusoidal ``handbook.embeddings.timestep_embedding`` and an MLP, an optional
   class label through an embedding with one extra row, the null class of classifier-free guidance;
   both are added to the hidden state of every residual block.
 * ``NoisyClassifier``: ``classifier(x_t, t) -> logits``, a classifier of *noisy* points, the
@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from handbook import diffusion
+from handbook.embeddings import timestep_embedding
 from handbook.shapeworld._threads import one_thread
 from handbook.shapeworld.points import OUTLINES, load_points, outline_polygon
-from handbook.embeddings import timestep_embedding
+from handbook.training import train, warmup_cosine
 
 # The 2D data of the chapter: the five outlines, with a little noise so that the data has a density.
 DATA_NOISE = 0.02
@@ -48,6 +49,10 @@ BAR_STEPS = 4000
 BAR_BATCH = 512
 BAR_LR = 2e-3
 SW_PROJECTIONS = 256
+# Both trainers' learning rate: a linear warm-up over LR_WARMUP steps, then a half cosine down to
+# LR_FINAL times the peak (``handbook.training.warmup_cosine``).
+LR_WARMUP = 50
+LR_FINAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -126,12 +131,6 @@ class NoisyClassifier(nn.Module):
         return self.head(h)  # (B, K)
 
 
-def _warmup_cosine(total: int, warmup: int = 50, final: float = 0.05):
-    from handbook.training import warmup_cosine
-
-    return lambda step: warmup_cosine(step, warmup, total, final)
-
-
 def train_2d(points: torch.Tensor, labels: torch.Tensor | None = None, schedule: diffusion.NoiseSchedule | None = None,
              prediction: str = "eps", steps: int = TRAIN_STEPS, batch_size: int = 256, lr: float = 3e-3,
              p_uncond: float = 0.0, seed: int = 0, config: MLPConfig | None = None, progress: bool = False,
@@ -139,11 +138,9 @@ def train_2d(points: torch.Tensor, labels: torch.Tensor | None = None, schedule:
     """Train an ``MLPDenoiser`` on ``points`` (N, 2) with the simple loss; return (model, history).
 
     With ``labels`` (N,) the model is class-conditional (classes 0..max(label)) and ``p_uncond``
-    is the share of batches' labels replaced by the null class (classifier-free guidance).
+    is the probability that a training label is replaced by the null class (classifier-free guidance).
     Everything random (init, batches, t, eps, dropped labels) follows ``seed``.
     """
-    from handbook.training import train
-
     schedule = schedule or diffusion.NoiseSchedule.linear(1000)
     if config is None:
         config = MLPConfig(num_classes=None if labels is None else int(labels.max()) + 1)
@@ -161,7 +158,7 @@ def train_2d(points: torch.Tensor, labels: torch.Tensor | None = None, schedule:
                                        p_uncond=p_uncond if y is not None else 0.0, null_cond=null)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, LR_WARMUP, steps, LR_FINAL))
     with one_thread():
         history = train(model, loss_fn, next_batch, steps, optimizer=optimizer, scheduler=scheduler,
                         progress=progress, desc=desc)
@@ -172,8 +169,6 @@ def train_noisy_classifier(points: torch.Tensor, labels: torch.Tensor, schedule:
                      steps: int = 1500, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
                      progress: bool = False) -> NoisyClassifier:
     """Train a ``NoisyClassifier`` on x_t ~ q(x_t | x0) at uniform t (cross-entropy)."""
-    from handbook.training import train
-
     schedule = schedule or diffusion.NoiseSchedule.linear(1000)
     model = NoisyClassifier(int(labels.max()) + 1, seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -189,7 +184,7 @@ def train_noisy_classifier(points: torch.Tensor, labels: torch.Tensor, schedule:
         return F.cross_entropy(net(x_t, t), y)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, LR_WARMUP, steps, LR_FINAL))
     with one_thread():
         train(model, loss_fn, next_batch, steps, optimizer=optimizer, scheduler=scheduler, progress=progress,
               desc="noisy classifier")

@@ -29,15 +29,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from handbook import diffusion
+from handbook import diffusion, metrics, shapeworld, zoo
+from handbook.shapeworld import NUM_CLASSES, class_of, shape_and_colour
 from handbook.shapeworld._threads import one_thread
+from handbook.training import replace_config, train, warmup_cosine
 from handbook.unet import UNet, UNetConfig
 
 NAME = "ddpm_shapeworld"
 RESOLUTION = 24  # the model's image size; the judge's is 32
 JUDGE_RESOLUTION = 32
-NUM_SHAPES, NUM_COLOURS = 5, 6
-NUM_CLASSES = NUM_SHAPES * NUM_COLOURS  # class = shape * NUM_COLOURS + colour; NUM_CLASSES = null
+# The condition is ShapeWorld's class (shape * 6 + colour, NUM_CLASSES = 30); one more index is the
+# "no condition" class of classifier-free guidance.
 NULL_CLASS = NUM_CLASSES
 T = 1000
 DEFAULT_STEPS = 8000
@@ -70,11 +72,11 @@ def noise_schedule() -> diffusion.NoiseSchedule:
 
 def class_index(shape: Any, colour: Any) -> torch.Tensor:
     """ShapeWorld's class of a (shape, colour) pair (indices), as ``ShapeWorldImages.class_index``."""
-    return torch.as_tensor(shape, dtype=torch.long) * NUM_COLOURS + torch.as_tensor(colour, dtype=torch.long)
+    return class_of(torch.as_tensor(shape, dtype=torch.long), torch.as_tensor(colour, dtype=torch.long))
 
 
 def to_model(images: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
-    """Renders (B, 3, H, W) in [0, 1] -> (B, 3, resolution, resolution) in [-1, 1] (area average)."""
+    """Renders (B, 3, Hh, Ww) in [0, 1] -> (B, 3, resolution, resolution) in [-1, 1] (area average)."""
     if images.shape[-1] != resolution:
         images = F.interpolate(images, size=(resolution, resolution), mode="area")
     return images * 2.0 - 1.0
@@ -119,11 +121,7 @@ def train_model(seed: int = 0, steps: int = DEFAULT_STEPS, progress: bool = True
     generator). ``overrides`` replace fields of ``TrainingConfig`` (e.g. ``n_train=512``).
     The report's ``model`` is the EMA of the weights, which samples better than the raw weights.
     """
-    known = [f.name for f in dataclasses.fields(TrainingConfig)]
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise ValueError(f"overrides: unknown training options {unknown}; expected some of {known}")
-    config = TrainingConfig(**overrides)
+    config = replace_config(TrainingConfig(), overrides)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -133,9 +131,6 @@ def train_model(seed: int = 0, steps: int = DEFAULT_STEPS, progress: bool = True
 
 
 def _train(config: TrainingConfig, seed: int, steps: int, progress: bool, evaluate_after: bool) -> dict[str, Any]:
-    from handbook import shapeworld
-    from handbook.training import train, warmup_cosine
-
     generator = torch.Generator().manual_seed(seed)
 
     start = time.perf_counter()
@@ -214,8 +209,6 @@ def sample(model, classes: torch.Tensor, sampler: str = "ddim", steps: int = 50,
 
 
 def _reference_images(n: int) -> torch.Tensor:
-    from handbook import shapeworld
-
     return shapeworld.load_images("test", n=n, resolution=JUDGE_RESOLUTION, seed=0).images
 
 
@@ -228,8 +221,6 @@ def evaluate(model=None, n: int = EVAL_IMAGES, sampler: str = "ddim", steps: int
     ``fid`` (against ``fid_reference`` real test renders), ``n`` and ``seconds`` (sampling time).
     ``model=None`` loads the shipped checkpoint.
     """
-    from handbook import metrics, zoo
-
     model = zoo.load(NAME) if model is None else model
     judge = zoo.load("judge") if judge is None else judge
     classes = balanced_classes(n)
@@ -238,7 +229,7 @@ def evaluate(model=None, n: int = EVAL_IMAGES, sampler: str = "ddim", steps: int
                progress=progress)
     seconds = time.perf_counter() - start
     images = to_judge(x)
-    acc = metrics.judge_accuracy(images, classes // NUM_COLOURS, classes % NUM_COLOURS, judge=judge)
+    acc = metrics.judge_accuracy(images, *shape_and_colour(classes), judge=judge)
     fid = metrics.shapeworld_fid(images, _reference_images(fid_reference), judge=judge)
     return {"recognition": acc["both"], "shape": acc["shape"], "colour": acc["colour"], "fid": fid,
             "n": n, "seconds": seconds}
@@ -247,8 +238,6 @@ def evaluate(model=None, n: int = EVAL_IMAGES, sampler: str = "ddim", steps: int
 def real_roundtrip_recognition(n: int = 1000, fid_reference: int = 2000, judge=None) -> dict[str, float]:
     """A reference for this pipeline: real renders (validation split) taken down to 24x24 and back
     up, as the judge sees them; ``fid`` with n images is the "as good as real" FID to compare with."""
-    from handbook import metrics, shapeworld, zoo
-
     judge = zoo.load("judge") if judge is None else judge
     data = shapeworld.load_images("val", n=n, resolution=JUDGE_RESOLUTION, seed=0)
     images = to_judge(to_model(data.images))
@@ -261,8 +250,6 @@ def benchmark(n: int = EVAL_IMAGES, guidance_scale: float = DEFAULT_GUIDANCE, se
               progress: bool = False) -> dict[str, float]:
     """The chapter's image bars with the shipped model: recognition and FID for DDPM with all
     1000 steps and for DDIM with 50 steps (same n, classes and guidance), and their ratio."""
-    from handbook import zoo
-
     model, judge = zoo.load(NAME), zoo.load("judge")
     ddpm = evaluate(model, n=n, sampler="ddpm", guidance_scale=guidance_scale, seed=seed, progress=progress,
                     judge=judge)

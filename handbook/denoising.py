@@ -16,7 +16,7 @@ The task, in the convention diffusion models use (chapter 5 keeps it):
   from a grey image;
 * the network is told the noise level as ``t = SIGMA_TO_T * sigma`` (t = 1000 sigma): a continuous
   value in the range of DDPM's integer timesteps, for which the sinusoidal embedding of
-  ``handbook.unet.timestep_embedding`` was designed;
+  ``handbook.embeddings.timestep_embedding`` was designed;
 * the loss is ``mean ||eps_hat - eps||^2`` with one sigma per image drawn uniformly from
   ``SIGMA_RANGE`` = [0.05, 1.0]: one network for every noise level. In clean-image units this is
   ``||x0_hat - x0||^2 / sigma^2``, so small noise levels weigh more. That helped here: trained on
@@ -35,7 +35,6 @@ measures it on held-out (test-split) images, the figure of the benchmark table.
 
 from __future__ import annotations
 
-import math
 import numbers
 import time
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from handbook import checks
 from handbook.device import make_generator
 from handbook.metrics import psnr
 from handbook.training import History, train
@@ -53,6 +53,8 @@ SIGMA_TO_T = 1000.0         # t = 1000 sigma: the scale of DDPM timesteps (0..99
 DATA_RANGE = 2.0            # peak-to-peak of images in [-1, 1]: the PSNR peak
 BAR_SIGMA = 0.5             # the noise level of the chapter's benchmark bar
 EVAL_BATCH = 256            # images per forward pass when denoising many at once
+GENERATOR = "a torch.Generator (handbook.device.make_generator)"   # what the error messages ask for
+MODEL = "a U-Net (nn.Module)"
 
 # The chapter's default settings (notebook and benchmark). The model is UNetConfig.small() at half
 # its width: three levels at 32/16/8 px with 16/32/32 channels, attention at 8x8 and in the
@@ -75,31 +77,14 @@ DEFAULTS: dict[str, Any] = {
 
 # ---- checks ----------------------------------------------------------------------------------
 
-def _check_images(x: Any, name: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name}: expected a float tensor (B, C, H, W), got {got}")
-
-
-def _check_generator(generator: Any) -> None:
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator (handbook.device.make_generator), "
-                         f"got {type(generator).__name__}")
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model: expected a U-Net (nn.Module), got {type(model).__name__}")
-
-
 def _check_sigma_range(sigma_range: Any) -> tuple[float, float]:
+    """``sigma_range`` as floats (low, high) with 0 <= low <= high, both finite."""
     try:
-        low, high = (float(v) for v in sigma_range)
+        low, high = sigma_range
     except (TypeError, ValueError):
         raise ValueError(f"sigma_range: expected (low, high), got {sigma_range!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
-        raise ValueError(f"sigma_range: expected 0 <= low <= high, finite, got {sigma_range!r}")
-    return low, high
+    low = checks.real("sigma_range low", low, 0.0)
+    return low, checks.real("sigma_range high", high, low)
 
 
 def _sigma_per_image(sigma: Any, x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +94,7 @@ def _sigma_per_image(sigma: Any, x: torch.Tensor) -> torch.Tensor:
         sigma = torch.tensor(float(sigma))
     if not isinstance(sigma, torch.Tensor) or sigma.shape not in ((), (B,)) or sigma.dtype == torch.bool \
             or sigma.is_complex():
-        got = f"{tuple(sigma.shape)} {sigma.dtype}" if isinstance(sigma, torch.Tensor) else repr(sigma)
-        raise ValueError(f"sigma: expected a number or a tensor shaped () or (B={B},), got {got}")
+        raise ValueError(f"sigma: expected a number or a tensor shaped () or (B={B},), got {checks.describe(sigma)}")
     if sigma.numel() and not bool(torch.isfinite(sigma).all() and (sigma >= 0).all()):
         raise ValueError("sigma: expected finite noise levels >= 0")
     return sigma.to(x.device, x.dtype).expand(B).reshape(B, 1, 1, 1)  # (B, 1, 1, 1)
@@ -120,7 +104,7 @@ def _sigma_per_image(sigma: Any, x: torch.Tensor) -> torch.Tensor:
 
 def to_signed(images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] -> x0 = 2 img - 1 in [-1, 1], the range the denoiser works in."""
-    _check_images(images, "images")
+    checks.tensor("images", images, "B C Hh Ww")
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise ValueError(f"images: expected values in [0, 1], got [{images.min().item():.3g}, "
                          f"{images.max().item():.3g}] (already in [-1, 1]?)")
@@ -134,9 +118,8 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 def noise_levels(n: int, generator: torch.Generator, sigma_range: tuple[float, float] = SIGMA_RANGE) -> torch.Tensor:
     """n noise levels drawn uniformly from ``sigma_range`` -> (n,) float32."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n: expected a non-negative int, got {n!r}")
-    _check_generator(generator)
+    checks.positive_int("n", n, 0)
+    checks.instance("generator", generator, torch.Generator, GENERATOR)
     low, high = _check_sigma_range(sigma_range)
     return low + (high - low) * torch.rand(n, generator=generator)
 
@@ -150,13 +133,13 @@ def make_noisy(x0: torch.Tensor, sigma: torch.Tensor | float,
                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """x_sigma = x0 + sigma * eps with eps ~ N(0, I) drawn from ``generator`` -> (x_sigma, eps).
 
-    x0: (B, C, H, W) in [-1, 1]; sigma: a number, or a tensor () or (B,) (one level per image).
+    x0: (B, C, Hh, Ww) in [-1, 1]; sigma: a number, or a tensor () or (B,) (one level per image).
     The noise is drawn on the CPU and moved, so a seed gives the same noise on every device.
     """
-    _check_images(x0, "x0")
-    _check_generator(generator)
+    checks.tensor("x0", x0, "B C Hh Ww")
+    checks.instance("generator", generator, torch.Generator, GENERATOR)
     s = _sigma_per_image(sigma, x0)                                        # (B, 1, 1, 1)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)  # (B, C, H, W)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)  # (B, C, Hh, Ww)
     return x0 + s * eps, eps
 
 
@@ -164,15 +147,15 @@ def make_noisy(x0: torch.Tensor, sigma: torch.Tensor | float,
 
 def predict_noise(model: nn.Module, x_noisy: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """eps_hat = model(x_sigma, t = 1000 sigma): the network's estimate of the noise (with grad)."""
-    _check_images(x_noisy, "x_noisy")
+    checks.tensor("x_noisy", x_noisy, "B C Hh Ww")
     s = _sigma_per_image(sigma, x_noisy)[:, 0, 0, 0]                       # (B,)
     return model(x_noisy, sigma_to_t(s).to(x_noisy.device))
 
 
 def predict_clean(model: nn.Module, x_noisy: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """x0_hat = x_sigma - sigma * eps_hat: the clean image the network sees (with grad, unclamped)."""
-    _check_images(x_noisy, "x_noisy")
-    return x_noisy - _sigma_per_image(sigma, x_noisy) * predict_noise(model, x_noisy, sigma)
+    eps_hat = predict_noise(model, x_noisy, sigma)                         # checks x_noisy and sigma
+    return x_noisy - _sigma_per_image(sigma, x_noisy) * eps_hat
 
 
 def denoising_loss(model: nn.Module, x0: torch.Tensor, generator: torch.Generator,
@@ -182,9 +165,9 @@ def denoising_loss(model: nn.Module, x0: torch.Tensor, generator: torch.Generato
     Draws, in this order and from ``generator`` only: one sigma per image (uniform in
     ``sigma_range``), then the noise eps.
     """
-    _check_images(x0, "x0")
+    checks.tensor("x0", x0, "B C Hh Ww")
     sigma = noise_levels(x0.shape[0], generator, sigma_range).to(x0.device)   # (B,)
-    x_noisy, eps = make_noisy(x0, sigma, generator)                         # (B, C, H, W) each
+    x_noisy, eps = make_noisy(x0, sigma, generator)                         # (B, C, Hh, Ww) each
     return (predict_noise(model, x_noisy, sigma) - eps).pow(2).mean()
 
 
@@ -192,29 +175,27 @@ def train_denoiser(model: nn.Module, images: torch.Tensor, steps: int, generator
                    batch_size: int = 32, lr: float = 2e-3, max_seconds: float | None = None,
                    sigma_range: tuple[float, float] = SIGMA_RANGE, progress: bool = True,
                    desc: str = "denoiser") -> History:
-    """Train ``model`` to predict the noise on ``images`` (N, C, H, W) in [-1, 1] with
+    """Train ``model`` to predict the noise on ``images`` (N, C, Hh, Ww) in [-1, 1] with
     ``handbook.training.train`` (AdamW, progress bar, optional wall-clock budget).
 
     Every step draws from ``generator``: batch_size image indices (with replacement), then the
     noise levels and the noise (``denoising_loss``). The same generator state, model and data give
     the same run. Returns the trainer's ``History`` (losses, steps, seconds, stopped_by).
     """
-    _check_model(model)
-    _check_images(images, "images")
-    if images.shape[0] == 0:
+    checks.instance("model", model, nn.Module, MODEL)
+    if checks.tensor("images", images, "B C Hh Ww")[0] == 0:
         raise ValueError("images: expected at least one training image")
     if images.numel() and (images.min() < -1 or images.max() > 1):
         raise ValueError("images: expected values in [-1, 1] (use to_signed on images in [0, 1])")
-    _check_generator(generator)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    checks.instance("generator", generator, torch.Generator, GENERATOR)
+    checks.positive_int("batch_size", batch_size)
     _check_sigma_range(sigma_range)
     device = next(model.parameters()).device
     N = images.shape[0]
 
     def batch(step: int) -> torch.Tensor:
         index = torch.randint(N, (batch_size,), generator=generator)
-        return images[index].to(device)                                    # (batch_size, C, H, W)
+        return images[index].to(device)                                    # (batch_size, C, Hh, Ww)
 
     def loss_fn(m: nn.Module, x0: torch.Tensor) -> torch.Tensor:
         return denoising_loss(m, x0, generator, sigma_range)
@@ -227,13 +208,13 @@ def train_denoiser(model: nn.Module, images: torch.Tensor, steps: int, generator
 @torch.no_grad()
 def denoise(model: nn.Module, noisy: torch.Tensor, sigma: torch.Tensor | float, clamp: bool = True,
             batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """The denoised images x0_hat (B, C, H, W), in eval mode and without gradients.
+    """The denoised images x0_hat (B, C, Hh, Ww), in eval mode and without gradients.
 
     clamp: clip to [-1, 1], where every clean image lies (a free improvement of the estimate).
     The model's train/eval mode is restored afterwards.
     """
-    _check_model(model)
-    _check_images(noisy, "noisy")
+    checks.instance("model", model, nn.Module, MODEL)
+    checks.tensor("noisy", noisy, "B C Hh Ww")
     sigma = _sigma_per_image(sigma, noisy)[:, 0, 0, 0]                     # (B,)
     was_training = model.training
     model.eval()
@@ -248,14 +229,13 @@ def denoise(model: nn.Module, noisy: torch.Tensor, sigma: torch.Tensor | float, 
 
 
 def psnr_gain(model: nn.Module, clean: torch.Tensor, sigma: float, generator: torch.Generator) -> dict[str, float]:
-    """Noise ``clean`` (B, C, H, W) in [-1, 1] at ``sigma`` (noise from ``generator``), denoise it,
+    """Noise ``clean`` (B, C, Hh, Ww) in [-1, 1] at ``sigma`` (noise from ``generator``), denoise it,
     and compare: {"noisy_psnr", "denoised_psnr", "gain"} in dB, means over the images, with the
     peak-to-peak range DATA_RANGE = 2. gain = denoised_psnr - noisy_psnr."""
-    _check_images(clean, "clean")
-    if clean.shape[0] == 0:
+    if checks.tensor("clean", clean, "B C Hh Ww")[0] == 0:
         raise ValueError("clean: expected at least one image")
-    if not isinstance(sigma, numbers.Real) or isinstance(sigma, bool) or not sigma > 0 or not math.isfinite(sigma):
-        raise ValueError(f"sigma: expected a positive number, got {sigma!r}")
+    checks.instance("sigma", sigma, numbers.Real, "a positive number")  # a plain number: one level for all
+    checks.real("sigma", sigma, 0.0, open_low=True)
     noisy, _ = make_noisy(clean, float(sigma), generator)
     denoised = denoise(model, noisy, float(sigma))
     noisy_psnr = psnr(noisy, clean, max_value=DATA_RANGE).mean().item()

@@ -1,7 +1,8 @@
 """Where tensors live: CPU by default, CUDA or Apple MPS when present.
 
 The course runs on a CPU laptop; an accelerator only makes it faster. Results agree up to float
-tolerance across devices, because every random draw happens on the CPU (see ``generator_for``).
+tolerance across devices when the random numbers are drawn by a CPU generator (``make_generator``)
+and then moved to the device, as the samplers and the loss of ``handbook.diffusion`` do.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ holds the *process*, never the network: a network is any callable ``model(x_t, t
 returns a tensor shaped like ``x_t`` (networks accept ``cond=None``). Nothing here owns an
 ``nn.Module`` or a step counter, so the same schedule can be shared by training and sampling.
 
-Conventions (see REFERENCES.md, "DDPM (section 5)"):
+Conventions (see ../shared/REFERENCES.md, "DDPM (section 5)"):
 
 * Timesteps in code are ``t = 0..T-1``; code ``t`` is the paper's ``t + 1``. So ``t = 0`` is one
   noising step away from the data, and ``alpha_bars_prev[t]`` is ``alpha_bar`` of the step
@@ -14,9 +14,10 @@ Conventions (see REFERENCES.md, "DDPM (section 5)"):
   coefficients move to the input's device, so the same code runs on CPU, CUDA and MPS.
 * ``t`` is an int (the same step for the whole batch) or a ``(B,)`` long tensor (one step per
   batch element); coefficients are broadcast over all dimensions after the first.
-* Randomness comes only from an explicit ``torch.Generator``. Draws happen on the generator's
-  device (a CPU generator from ``handbook.device.make_generator`` gives the same numbers on every
-  device) and are then moved to the data's device, as diffusers' ``randn_tensor`` does.
+* Randomness comes from the ``generator`` argument (None: torch's global stream). Draws happen on
+  the generator's device (a CPU generator from ``handbook.device.make_generator`` gives the same
+  numbers on every device) and are then moved to the data's device, as diffusers' ``randn_tensor``
+  does.
 
 The formulas are those of Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM), Nichol & Dhariwal
 2021 (cosine schedule), Salimans & Ho 2022 (v-prediction) and Ho & Salimans 2022 (classifier-free
@@ -31,6 +32,8 @@ from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
+
+from handbook import checks
 
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large")
@@ -55,11 +58,7 @@ class NoiseSchedule:
 
     def __post_init__(self):
         betas = torch.as_tensor(self.betas).detach().to("cpu", torch.float64).clone()
-        if betas.dim() != 1 or len(betas) == 0:
-            raise ValueError(f"betas: expected a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
-        if not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError(f"betas: expected every value in the open interval (0, 1), got min "
-                             f"{betas.min().item():.3g} and max {betas.max().item():.3g}")
+        checks.within("betas", betas, 0, 1, open_low=True, open_high=True, dims="T", at_least={"T": 1})
         alpha_bars = torch.cumprod(1.0 - betas, dim=0)
         alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
         values = {
@@ -76,11 +75,10 @@ class NoiseSchedule:
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
         """Ho et al. 2020: betas evenly spaced from ``beta_start`` to ``beta_end``, scaled by 1000 / T."""
-        _check_T(T)
+        checks.positive_int("T", T)
+        # beta_start > 0, and beta_end from beta_start to below T / 1000, so that the last beta is < 1
+        checks.reals(beta_start=(beta_start, 0, math.inf, "()"), beta_end=(beta_end, beta_start, T / REFERENCE_T, "[)"))
         scale = REFERENCE_T / T
-        if not 0 < beta_start <= beta_end or beta_end * scale >= 1:
-            raise ValueError(f"beta_start, beta_end: expected 0 < beta_start <= beta_end and beta_end * 1000 / T "
-                             f"< 1, got {beta_start}, {beta_end} with T={T}")
         return cls(torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64))
 
     @classmethod
@@ -90,9 +88,8 @@ class NoiseSchedule:
         beta_t = 1 - f((t+1)/T) / f(t/T), capped at ``max_beta`` so that the last step stays
         invertible (diffusers: ``squaredcos_cap_v2``).
         """
-        _check_T(T)
-        if not (s >= 0 and 0 < max_beta < 1):
-            raise ValueError(f"s, max_beta: expected s >= 0 and max_beta in (0, 1), got {s}, {max_beta}")
+        checks.positive_int("T", T)
+        checks.reals(s=(s, 0, math.inf), max_beta=(max_beta, 0, 1, "()"))
         u = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
         return cls(torch.clamp(1.0 - f[1:] / f[:-1], max=max_beta))
@@ -108,35 +105,20 @@ class NoiseSchedule:
 
     def snr(self, t: int | torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) (float64): it falls with t."""
-        t = _check_t(self, t, "t")
+        t = _timesteps(self, t)
         return self.alpha_bars[t] / (1.0 - self.alpha_bars[t])
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(T={self.T}, beta {self.betas[0].item():.3g} .. {self.betas[-1].item():.3g})"
 
 
-def _check_T(T: Any) -> None:
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"T: expected a positive int, got {T!r}")
+def _timesteps(schedule: NoiseSchedule, t: Any, name: str = "t", low: int = 0,
+               batch: int | None = None) -> torch.Tensor:
+    """``t`` as a CPU long tensor: an int (one step for the whole batch, 0-D) or (B,) integer steps.
 
-
-def _check_t(schedule: NoiseSchedule, t: Any, name: str, low: int = 0, batch: int | None = None) -> torch.Tensor:
-    """Validate a timestep (int or (B,) integer tensor in low..T-1) and return it as a CPU long tensor."""
-    if isinstance(t, torch.Tensor):
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() > 1:
-            raise ValueError(f"{name}: expected an int or a 1-D integer tensor, "
-                             f"got {t.dtype} of shape {tuple(t.shape)}")
-        if t.dim() == 1 and batch is not None and len(t) != batch:
-            raise ValueError(f"{name}: expected {batch} timesteps (one per batch element), got {len(t)}")
-        t = t.detach().to("cpu", torch.long)
-    elif isinstance(t, int) and not isinstance(t, bool):
-        t = torch.tensor(t)
-    else:
-        raise ValueError(f"{name}: expected an int or a 1-D integer tensor, got {type(t).__name__}")
-    if t.numel() and not bool(((t >= low) & (t < schedule.T)).all()):
-        raise ValueError(f"{name}: expected values in {low}..{schedule.T - 1} (T={schedule.T}), "
-                         f"got min {t.min().item()} and max {t.max().item()}")
-    return t
+    Every value must lie in low..T-1, and a (B,) ``t`` must have ``batch`` entries when it is given.
+    """
+    return checks.indices(name, t, low, schedule.T - 1, batch=batch)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -150,28 +132,15 @@ def _coef(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     return c.reshape(-1, *([1] * (x.dim() - 1)))  # (B, 1, ..., 1), or (1, ..., 1) for an int t
 
 
-def _check_same_shape(a: torch.Tensor, b: Any, name_a: str, name_b: str) -> None:
-    if not isinstance(b, torch.Tensor) or a.shape != b.shape:
-        got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
-        raise ValueError(f"{name_b}: expected the shape of {name_a} {tuple(a.shape)}, got {got}")
-
-
-def _check_batch(x: Any, t: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() < 1:
-        raise ValueError(f"{name}: expected a tensor with a batch dimension first")
-    if t.dim() == 1 and len(t) != x.shape[0]:
-        raise ValueError(f"t: expected {x.shape[0]} timesteps (one per batch element of {name}), got {len(t)}")
-
-
-def _mix(schedule: NoiseSchedule, t, a: torch.Tensor, b: torch.Tensor, names: tuple[str, str],
-         c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
-    """c_a[t] * a + c_b[t] * b for per-timestep tables c_a, c_b; in float64, cast back to a's dtype.
+def _mix(schedule: NoiseSchedule, t, c_a: torch.Tensor, c_b: torch.Tensor, **ab: torch.Tensor) -> torch.Tensor:
+    """c_a[t] * a + c_b[t] * b for per-timestep tables c_a, c_b and the two tensors ``ab`` (by name, for
+    the error messages); in float64, cast back to a's dtype.
 
     Every formula of this section has this form: x_t, x0, eps and v are linear in each other.
     """
-    t = _check_t(schedule, t, "t")
-    _check_batch(a, t, names[0])
-    _check_same_shape(a, b, *names)
+    checks.same_shape(**ab)
+    a, b = ab.values()
+    t = _timesteps(schedule, t, batch=a.shape[0])
     c_a, c_b = _coef(c_a, t, a), _coef(c_b, t, a)
     return (c_a * a.to(c_a.dtype) + c_b * b.to(c_b.dtype)).to(a.dtype)
 
@@ -189,50 +158,49 @@ def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Ten
 def q_sample(schedule: NoiseSchedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (Ho et al. eq. 4, reparametrised)."""
     ab = schedule.alpha_bars
-    return _mix(schedule, t, x0, eps, ("x0", "eps"), ab.sqrt(), (1 - ab).sqrt())
+    return _mix(schedule, t, ab.sqrt(), (1 - ab).sqrt(), x0=x0, eps=eps)
 
 
 def predict_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
     """x0 = sqrt(1/alpha_bar) x_t - sqrt(1/alpha_bar - 1) eps: eq. 4 solved for x0 (Ho et al. eq. 15)."""
     ab = schedule.alpha_bars
-    return _mix(schedule, t, x_t, eps, ("x_t", "eps"), (1 / ab).sqrt(), -(1 / ab - 1).sqrt())
+    return _mix(schedule, t, (1 / ab).sqrt(), -(1 / ab - 1).sqrt(), x_t=x_t, eps=eps)
 
 
 def predict_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
     """eps = (x_t - sqrt(alpha_bar) x0) / sqrt(1 - alpha_bar): eq. 4 solved for eps."""
     ab = schedule.alpha_bars
-    return _mix(schedule, t, x_t, x0, ("x_t", "x0"), (1 - ab).rsqrt(), -(ab / (1 - ab)).sqrt())
+    return _mix(schedule, t, (1 - ab).rsqrt(), -(ab / (1 - ab)).sqrt(), x_t=x_t, x0=x0)
 
 
 def v_target(schedule: NoiseSchedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
     """v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0  (Salimans & Ho 2022, v-prediction)."""
     ab = schedule.alpha_bars
-    return _mix(schedule, t, x0, eps, ("x0", "eps"), -(1 - ab).sqrt(), ab.sqrt())
+    return _mix(schedule, t, -(1 - ab).sqrt(), ab.sqrt(), x0=x0, eps=eps)
 
 
 def eps_from_v(schedule: NoiseSchedule, x_t: torch.Tensor, t, v: torch.Tensor) -> torch.Tensor:
     """eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) v: (x_t, v) is a rotation of (x0, eps)."""
     ab = schedule.alpha_bars
-    return _mix(schedule, t, x_t, v, ("x_t", "v"), (1 - ab).sqrt(), ab.sqrt())
+    return _mix(schedule, t, (1 - ab).sqrt(), ab.sqrt(), x_t=x_t, v=v)
 
 
 def x0_from_v(schedule: NoiseSchedule, x_t: torch.Tensor, t, v: torch.Tensor) -> torch.Tensor:
     """x0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v."""
     ab = schedule.alpha_bars
-    return _mix(schedule, t, x_t, v, ("x_t", "v"), ab.sqrt(), -(1 - ab).sqrt())
+    return _mix(schedule, t, ab.sqrt(), -(1 - ab).sqrt(), x_t=x_t, v=v)
 
 
 def eps_from_prediction(schedule: NoiseSchedule, x_t: torch.Tensor, t, output: torch.Tensor,
                         prediction: str = "eps") -> torch.Tensor:
     """Turn a network output of type ``prediction`` ("eps", "x0" or "v") into an eps prediction."""
-    if prediction == "eps":
-        _check_same_shape(x_t, output, "x_t", "output")
-        return output
+    checks.choice("prediction", prediction, PREDICTIONS)
     if prediction == "x0":
         return predict_eps(schedule, x_t, t, output)
     if prediction == "v":
         return eps_from_v(schedule, x_t, t, output)
-    raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {prediction!r}")
+    checks.same_shape(x_t=x_t, output=output)
+    return output
 
 
 def posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,8 +212,8 @@ def posterior(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t) -
     s = schedule
     c_x0 = s.betas * s.alpha_bars_prev.sqrt() / (1 - s.alpha_bars)
     c_xt = (1 - s.alpha_bars_prev) * s.alphas.sqrt() / (1 - s.alpha_bars)
-    mean = _mix(schedule, t, x_t, x0, ("x_t", "x0"), c_xt, c_x0)
-    return mean, _coef(s.posterior_variance, _check_t(schedule, t, "t"), x_t).to(x_t.dtype)
+    mean = _mix(schedule, t, c_xt, c_x0, x_t=x_t, x0=x0)
+    return mean, _coef(s.posterior_variance, _timesteps(schedule, t), x_t).to(x_t.dtype)
 
 
 def classifier_free_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -253,9 +221,8 @@ def classifier_free_guidance(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, s
 
     scale = 1 is the conditional model, 0 the unconditional one, > 1 pushes towards the condition.
     """
-    _check_same_shape(eps_uncond, eps_cond, "eps_uncond", "eps_cond")
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise ValueError(f"scale: expected a finite float, got {scale!r}")
+    checks.same_shape(eps_uncond=eps_uncond, eps_cond=eps_cond)
+    checks.real("scale", scale)
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
@@ -273,25 +240,19 @@ def training_loss(model: Callable, schedule: NoiseSchedule, x0: torch.Tensor, co
     ``p_uncond > 0`` each sample's ``cond`` is replaced by ``null_cond`` with that probability
     (classifier-free guidance training; drawn after eps).
     """
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {prediction!r}")
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
-    if not isinstance(x0, torch.Tensor) or x0.dim() < 1 or x0.shape[0] == 0:
-        raise ValueError("x0: expected a tensor with a non-empty batch dimension first")
-    B = x0.shape[0]
+    checks.choices(prediction=(prediction, PREDICTIONS), reduction=(reduction, ("mean", "none")))
+    B = checks.batch("x0", x0, min_size=1)
     if t is None:  # Algorithm 1, line 3: t ~ Uniform
         gen_device = generator.device if generator is not None else x0.device
         t = torch.randint(0, schedule.T, (B,), generator=generator, device=gen_device)
-    t = _check_t(schedule, t, "t", batch=B).expand(B).to(x0.device)  # (B,)
+    t = _timesteps(schedule, t, batch=B).expand(B).to(x0.device)  # (B,)
     eps = _randn(x0.shape, generator, x0.device, x0.dtype)  # Algorithm 1, line 4
     if p_uncond:
-        if not 0 <= p_uncond <= 1:
-            raise ValueError(f"p_uncond: expected a probability in [0, 1], got {p_uncond}")
+        checks.real("p_uncond", p_uncond, 0, 1)
         cond = _drop_cond(cond, null_cond, p_uncond, generator, B)
     x_t = q_sample(schedule, x0, t, eps)
     output = model(x_t, t, cond)
-    _check_same_shape(x0, output, "x0", "model output")
+    checks.same_shape(x0=x0, model_output=output)
     if prediction == "eps":
         target = eps
     elif prediction == "x0":
@@ -304,18 +265,11 @@ def training_loss(model: Callable, schedule: NoiseSchedule, x0: torch.Tensor, co
 
 def _batched_null(cond: Any, null_cond: Any) -> torch.Tensor:
     """null_cond expanded to cond's shape: it may be one item (cond.shape[1:]) or a whole batch."""
-    if not isinstance(cond, torch.Tensor):
-        raise ValueError(f"cond: expected a tensor (batch first) for classifier-free guidance, "
-                         f"got {type(cond).__name__}")
-    if null_cond is None:
-        raise ValueError("null_cond: required for classifier-free guidance (e.g. the null class index)")
+    checks.instance("cond", cond, torch.Tensor, "a tensor (batch first) for classifier-free guidance")
+    checks.given("null_cond", null_cond, "for classifier-free guidance (e.g. the null class index)")
     null = torch.as_tensor(null_cond, dtype=cond.dtype, device=cond.device)
-    if null.shape == cond.shape[1:]:
-        null = null.expand_as(cond)  # one null item for every sample
-    if null.shape != cond.shape:
-        raise ValueError(f"null_cond: expected shape {tuple(cond.shape[1:])} or {tuple(cond.shape)}, "
-                         f"got {tuple(null.shape)}")
-    return null
+    checks.choice("null_cond's shape", tuple(null.shape), (tuple(cond.shape[1:]), tuple(cond.shape)))
+    return null.expand_as(cond)  # one null item for every sample, or one each already
 
 
 def _drop_cond(cond, null_cond, p: float, generator, B: int):
@@ -329,11 +283,11 @@ def _drop_cond(cond, null_cond, p: float, generator, B: int):
 
 
 def _step_noise(noise, generator, x_t: torch.Tensor) -> torch.Tensor:
-    if noise is not None and generator is not None:
-        raise ValueError("noise: pass either noise or generator, not both")
+    """The z of a reverse step: ``noise`` if given (shaped like x_t), else drawn from ``generator``."""
+    checks.exclusive(noise=noise, generator=generator)
     if noise is None:
         return _randn(x_t.shape, generator, x_t.device, x_t.dtype)
-    _check_same_shape(x_t, noise, "x_t", "noise")
+    checks.same_shape(x_t=x_t, noise=noise)
     return noise
 
 
@@ -343,22 +297,20 @@ def ddpm_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps_pred: torch.Ten
     """x_{t-1} ~ p(x_{t-1} | x_t): the posterior (eq. 7) at the predicted x0, plus noise.
 
     ``variance`` is "fixed_small" (beta_tilde_t) or "fixed_large" (beta_t), Ho et al. section 3.2.
-    No noise is added at t = 0. Without ``noise`` it is drawn from ``generator`` (only if some t > 0).
+    No noise is added at t = 0, where ``noise`` is not used. Without ``noise`` it is drawn from
+    ``generator`` (only if some t > 0).
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
-    t_checked = _check_t(schedule, t, "t")
-    if noise is not None:
-        _check_same_shape(x_t, noise, "x_t", "noise")
-    x0_hat = predict_x0(schedule, x_t, t_checked, eps_pred)
+    checks.choice("variance", variance, VARIANCES)
+    t = _timesteps(schedule, t)
+    x0_hat = predict_x0(schedule, x_t, t, eps_pred)  # also checks x_t, eps_pred and t against the batch
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)  # the data lives in [-1, 1]
-    mean, _ = posterior(schedule, x0_hat, x_t, t_checked)
-    if not bool((t_checked > 0).any()):
+    mean, _ = posterior(schedule, x0_hat, x_t, t)
+    if not bool((t > 0).any()):
         return mean  # the last step returns the mean (Algorithm 2, line 3: z = 0 if t = 1)
     z = _step_noise(noise, generator, x_t)
     var = schedule.posterior_variance if variance == "fixed_small" else schedule.betas
-    sigma = _coef(var.sqrt() * (torch.arange(schedule.T) > 0), t_checked, x_t)  # 0 where t = 0
+    sigma = _coef(var.sqrt() * (torch.arange(schedule.T) > 0), t, x_t)  # 0 where t = 0
     return (mean.to(sigma.dtype) + sigma * z.to(sigma.dtype)).to(x_t.dtype)
 
 
@@ -369,15 +321,14 @@ def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
     (timestep_spacing="leading", steps_offset=0). Step i goes from timesteps[i] to timesteps[i+1],
     and the last one to t_prev = -1 (alpha_bar = 1, the clean data).
     """
-    _check_T(T)
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
-        raise ValueError(f"steps: expected an int in 1..T={T}, got {steps!r}")
+    checks.positive_int("T", T)
+    checks.positive_int("steps", steps, maximum=T)
     return (torch.arange(steps) * (T // steps)).flip(0)  # (steps,)
 
 
 def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, t_prev, eps_pred: torch.Tensor,
               eta: float = 0.0, noise: torch.Tensor | None = None, clip_x0: bool = False,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, return_x0: bool = False):
     """One DDIM step from t to t_prev < t (t_prev = -1 means alpha_bar_prev = 1); Song et al. eq. 12.
 
     x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_pred + sigma z, with
@@ -390,14 +341,14 @@ def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, t_prev, eps_pred: t
     sampler never forgets an error) that bunches samples into clusters: with all 1000 steps on
     chapter 5's 2D model, sliced Wasserstein 0.36 instead of DDPM's 0.04.
     When eta > 0, z is drawn at every step (even the last, where sigma = 0), as diffusers does.
+    Returns x_prev, or ``(x_prev, x0_hat)`` with ``return_x0``: the x0 guess the step used
+    (clipped with ``clip_x0``), diffusers' ``pred_original_sample``.
     """
-    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
-        raise ValueError(f"eta: expected a float >= 0, got {eta!r}")
-    t = _check_t(schedule, t, "t")
+    checks.real("eta", eta, 0)
+    t = _timesteps(schedule, t)
     x0_hat = predict_x0(schedule, x_t, t, eps_pred)  # also checks x_t, eps_pred and t against the batch
-    t_prev = _check_t(schedule, t_prev, "t_prev", low=-1, batch=x_t.shape[0])
-    if not bool((t_prev < t).all()):
-        raise ValueError(f"t_prev: expected t_prev < t, got t_prev={t_prev.tolist()} and t={t.tolist()}")
+    t_prev = _timesteps(schedule, t_prev, "t_prev", low=-1, batch=x_t.shape[0])
+    checks.below("t_prev", t_prev, "t", t)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
         eps_pred = predict_eps(schedule, x_t, t, x0_hat)  # eps consistent with the clipped x0_hat
@@ -407,45 +358,25 @@ def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t, t_prev, eps_pred: t
     x_prev = a_prev.sqrt() * x0_hat.to(a.dtype) + (1 - a_prev - sigma**2).sqrt() * eps_pred.to(a.dtype)
     if eta > 0:
         x_prev = x_prev + sigma * _step_noise(noise, generator, x_t).to(a.dtype)
-    return x_prev.to(x_t.dtype)
+    x_prev = x_prev.to(x_t.dtype)
+    return (x_prev, x0_hat) if return_x0 else x_prev
 
 
 # --- Samplers -----------------------------------------------------------------------------------
 
 
-def _guided_eps(model, schedule, x, t: int, cond, guidance_scale, null_cond, prediction) -> torch.Tensor:
-    """eps_theta(x_t, t, cond), with classifier-free guidance in one batched forward if asked."""
-    B = x.shape[0]
-    t_batch = torch.full((B,), t, dtype=torch.long, device=x.device)  # (B,)
-    if guidance_scale is None:
-        out = model(x, t_batch, cond)
-    else:
-        null = _batched_null(cond, null_cond)
-        out_both = model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([cond, null]))  # (2B, ...)
-        if not isinstance(out_both, torch.Tensor) or out_both.shape[0] != 2 * B:
-            got = getattr(out_both, "shape", None)
-            raise ValueError(f"model: expected an output with batch size {2 * B}, got shape {got}")
-        out_cond, out_uncond = out_both.chunk(2)  # (B, ...) each
+def _guided_eps(model, schedule, x, t: int, cond, null, guidance_scale, prediction) -> torch.Tensor:
+    """eps_theta(x_t, t, cond); with ``guidance_scale``, classifier-free guided in one batched forward."""
+    x_in, t_in = x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B, ...), (B,)
+    if guidance_scale is not None:  # the batch twice, with cond and with the null condition: (2B, ...)
+        x_in, t_in, cond = torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([cond, null])
+    out = model(x_in, t_in, cond)
+    checks.same_shape(x_t=x_in, model_output=out)
+    if guidance_scale is not None:
+        out_cond, out_uncond = out.chunk(2)  # (B, ...) each
         # Guidance is linear, so applying it before the eps conversion gives the same result.
         out = classifier_free_guidance(out_uncond, out_cond, guidance_scale)
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        raise ValueError(f"model: expected an output of shape {tuple(x.shape)}, got {getattr(out, 'shape', None)}")
     return eps_from_prediction(schedule, x, t, out, prediction)
-
-
-def _check_sampler_args(shape, cond, guidance_scale, null_cond, prediction) -> tuple[int, ...]:
-    shape = tuple(shape)
-    if not shape or not all(isinstance(n, int) and n > 0 for n in shape):
-        raise ValueError(f"shape: expected a tuple of positive ints (batch first), got {shape!r}")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {prediction!r}")
-    if isinstance(cond, torch.Tensor) and (cond.dim() == 0 or cond.shape[0] != shape[0]):
-        raise ValueError(f"cond: expected batch size {shape[0]} first, got shape {tuple(cond.shape)}")
-    if guidance_scale is not None:
-        if cond is None:
-            raise ValueError("cond: classifier-free guidance (guidance_scale) needs a condition")
-        _batched_null(cond, null_cond)  # raises a clear error now rather than at the first step
-    return shape
 
 
 def _sampler_device(model, device):
@@ -454,6 +385,18 @@ def _sampler_device(model, device):
     params = getattr(model, "parameters", None)
     first = next(iter(params()), None) if callable(params) else None
     return first.device if first is not None else torch.device("cpu")
+
+
+def _start(model, shape, cond, guidance_scale, null_cond, generator, device, dtype):
+    """Where both samplers start: x_T ~ N(0, I) on the model's device, and the null condition for guidance.
+
+    The other arguments (prediction, variance, eta, ...) are checked by the first step.
+    """
+    shape = checks.int_tuple("shape", shape)  # batch first
+    if isinstance(cond, torch.Tensor):
+        checks.batch("cond", cond, shape[0])
+    null = None if guidance_scale is None else _batched_null(cond, null_cond)  # (B, ...), like cond
+    return _randn(shape, generator, _sampler_device(model, device), dtype), null
 
 
 @torch.no_grad()
@@ -468,14 +411,10 @@ def ddpm_sample(model: Callable, schedule: NoiseSchedule, shape, cond: Any = Non
     tensors x_T, ..., x_0. The model is called as ``model(x_t, t_batch, cond)``; put it in eval
     mode first. Same generator seed, same samples (the draws match diffusers' DDPM pipeline).
     """
-    shape = _check_sampler_args(shape, cond, guidance_scale, null_cond, prediction)
-    if variance not in VARIANCES:
-        raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
-    device = _sampler_device(model, device)
-    x = _randn(shape, generator, device, dtype)  # 1. x_T ~ N(0, I)
+    x, null = _start(model, shape, cond, guidance_scale, null_cond, generator, device, dtype)  # 1. x_T ~ N(0, I)
     trajectory = [x.cpu()]
     for t in tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress):  # 2. paper t = T..1
-        eps = _guided_eps(model, schedule, x, t, cond, guidance_scale, null_cond, prediction)  # 3. eps_theta
+        eps = _guided_eps(model, schedule, x, t, cond, null, guidance_scale, prediction)  # 3. eps_theta
         # 4. x_{t-1} = posterior mean at x0_hat + sigma_t z, z ~ N(0, I) if t > 1 else 0
         x = ddpm_step(schedule, x, t, eps, variance=variance, clip_x0=clip_x0, generator=generator)
         if return_trajectory:
@@ -488,24 +427,28 @@ def ddim_sample(model: Callable, schedule: NoiseSchedule, shape, steps: int = 50
                 cond: Any = None, generator: torch.Generator | None = None, clip_x0: bool = False,
                 guidance_scale: float | None = None, null_cond: Any = None, prediction: str = "eps",
                 return_trajectory: bool = False, progress: bool = True, device=None,
-                dtype: torch.dtype = torch.float32):
+                dtype: torch.dtype = torch.float32, return_x0: bool = False):
     """DDIM sampling (Song et al. 2021): ``steps`` network calls on the ``ddim_timesteps`` sub-sequence.
 
-    eta = 0 is deterministic given x_T; eta = 1 adds DDPM-like noise. Returns the samples, or
-    (samples, trajectory) with ``return_trajectory`` (a list of steps + 1 CPU tensors).
+    eta = 0 is deterministic given x_T; eta = 1 adds DDPM-like noise. Returns the samples; with
+    ``return_trajectory`` also a list of steps + 1 CPU tensors x_T, ..., x_0; with ``return_x0``
+    also the x0 guess of every step, a CPU tensor (steps, B, ...) in sampling order: the x0_hat
+    each step used (guided with ``guidance_scale``, clipped with ``clip_x0``), diffusers'
+    ``pred_original_sample``. Both: (samples, trajectory, x0_guesses). The random draws, and so
+    the samples, are the same whichever is asked for.
     """
-    shape = _check_sampler_args(shape, cond, guidance_scale, null_cond, prediction)
-    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
-        raise ValueError(f"eta: expected a float >= 0, got {eta!r}")
     timesteps = ddim_timesteps(schedule.T, steps).tolist()
-    device = _sampler_device(model, device)
-    x = _randn(shape, generator, device, dtype)  # 1. x_T ~ N(0, I)
-    trajectory = [x.cpu()]
+    x, null = _start(model, shape, cond, guidance_scale, null_cond, generator, device, dtype)  # 1. x_T ~ N(0, I)
+    trajectory, x0_guesses = [x.cpu()], []
     for i, t in enumerate(tqdm(timesteps, desc="DDIM", disable=not progress)):  # 2. t in the sub-sequence
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1  # -1: alpha_bar_prev = 1
-        eps = _guided_eps(model, schedule, x, t, cond, guidance_scale, null_cond, prediction)  # 3. eps_theta
+        eps = _guided_eps(model, schedule, x, t, cond, null, guidance_scale, prediction)  # 3. eps_theta
         # 4. eq. 12: x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma z
-        x = ddim_step(schedule, x, t, t_prev, eps, eta=eta, clip_x0=clip_x0, generator=generator)
+        x, x0_hat = ddim_step(schedule, x, t, t_prev, eps, eta=eta, clip_x0=clip_x0, generator=generator,
+                              return_x0=True)
         if return_trajectory:
             trajectory.append(x.cpu())
-    return (x, trajectory) if return_trajectory else x  # 5. return x_0
+        if return_x0:
+            x0_guesses.append(x0_hat.cpu())
+    extras = ([trajectory] if return_trajectory else []) + ([torch.stack(x0_guesses)] if return_x0 else [])
+    return (x, *extras) if extras else x  # 5. return x_0

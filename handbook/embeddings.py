@@ -51,7 +51,8 @@ def sincos_2d_positional_embedding(d_model: int, grid_size: int | tuple[int, int
     """
     checks.positive_int("d_model", d_model, 4, multiple_of=4, extra="(sin and cos for rows and columns)")
     gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
-    checks.positive_int("grid_size", gh), checks.positive_int("grid_size", gw)
+    for size in (gh, gw):
+        checks.positive_int("grid_size", size)
     k = torch.arange(d_model // 4, dtype=torch.float64)
     omega = 1.0 / MAX_PERIOD ** (k / (d_model // 4))                           # (D/4,)
     rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64),

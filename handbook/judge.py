@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Label counts; they must agree with handbook.shapeworld.SHAPES, COLOURS and SIZES (a test checks).
-NUM_SHAPES = 5
-NUM_COLOURS = 6
-NUM_SIZES = 2
+from handbook import checks, metrics, shapeworld
+from handbook.shapeworld import NUM_COLOURS, NUM_SHAPES, SIZES
+from handbook.training import replace_config, train, warmup_cosine
+
+NUM_SIZES = len(SIZES)  # the label counts are ShapeWorld's: NUM_SHAPES = 5, NUM_COLOURS = 6, NUM_SIZES = 2
 IN_CHANNELS = 3  # RGB
 # Pixels outside [0, 1] by more than this are rejected: the judge was trained on [0, 1] images
 # and its verdict on anything else means nothing.
@@ -141,10 +142,7 @@ class Judge(nn.Module):
 
     def check_images(self, images: torch.Tensor) -> None:
         r = self.config.resolution
-        if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-            raise ValueError(f"images: expected a float tensor (B, 3, {r}, {r}), got {type(images).__name__}")
-        if images.ndim != 4 or tuple(images.shape[1:]) != (IN_CHANNELS, r, r):
-            raise ValueError(f"images: expected shape (B, 3, {r}, {r}), got {tuple(images.shape)}")
+        checks.tensor("images", images, f"B {IN_CHANNELS} {r} {r}")
         if images.numel() and not (
             torch.isfinite(images).all()
             and images.min() >= -RANGE_TOLERANCE
@@ -209,15 +207,15 @@ def augment(images: torch.Tensor, max_shift: int, max_noise: float, generator: t
     slightly grainy sample (as a diffusion model draws them) is still judged by its content.
     Colours are left alone on purpose: a hue jitter would blur red into orange.
     """
-    B, C, H, W = images.shape
+    B, C, Hh, Ww = images.shape
     if max_shift > 0:
-        padded = F.pad(images, (max_shift,) * 4, mode="replicate")  # (B, C, H + 2s, W + 2s)
+        padded = F.pad(images, (max_shift,) * 4, mode="replicate")  # (B, C, Hh + 2s, Ww + 2s)
         dy, dx = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator)
-        rows = (dy[:, None] + torch.arange(H)[None, :])[:, None, :, None]  # (B, 1, H, 1)
-        cols = (dx[:, None] + torch.arange(W)[None, :])[:, None, None, :]  # (B, 1, 1, W)
+        rows = (dy[:, None] + torch.arange(Hh)[None, :])[:, None, :, None]  # (B, 1, Hh, 1)
+        cols = (dx[:, None] + torch.arange(Ww)[None, :])[:, None, None, :]  # (B, 1, 1, Ww)
         batch = torch.arange(B)[:, None, None, None]
         channel = torch.arange(C)[None, :, None, None]
-        images = padded[batch, channel, rows, cols]  # (B, C, H, W)
+        images = padded[batch, channel, rows, cols]  # (B, C, Hh, Ww)
     if max_noise > 0:
         std = torch.rand(B, 1, 1, 1, generator=generator) * max_noise
         images = images + std * torch.randn(images.shape, generator=generator)
@@ -263,16 +261,9 @@ def train_judge(
     Returns ``{"model", "seconds", "steps", "metrics", "config", "data_seconds"}``: ``seconds``
     is the optimisation time only; rendering the data is reported apart.
     """
-    from handbook import metrics, shapeworld
-    from handbook.training import train, warmup_cosine
-
-    known = [f.name for f in dataclasses.fields(JudgeTrainingConfig)]
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise ValueError(f"overrides: unknown training options {unknown}; expected some of {known}")
     if isinstance(overrides.get("model"), str):
         overrides["model"] = _preset(overrides["model"])
-    config = dataclasses.replace(config or JudgeTrainingConfig(), **overrides)
+    config = replace_config(config or JudgeTrainingConfig(), overrides)
     generator = torch.Generator().manual_seed(seed)
 
     start = time.perf_counter()
@@ -287,7 +278,7 @@ def train_judge(
         idx = torch.randint(0, len(train_set.images), (config.batch_size,), generator=generator)
         images = augment(train_set.images[idx], config.max_shift, config.max_noise, generator)
         labels = {k: getattr(train_set, k)[idx] for k in ("shape", "colour", "size")}  # each (B,)
-        return {"images": images, **labels}  # images (B, 3, H, W)
+        return {"images": images, **labels}  # images (B, 3, Hh, Ww)
 
     model = Judge(config.model, generator=generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from handbook import checks
 from handbook import shapeworld as sw
 from handbook.training import History, train
 
@@ -25,10 +26,8 @@ VIEW_PROBABILITY = 0.75
 
 def caption_corpus(n: int, generator: torch.Generator) -> list[str]:
     """``n`` random captions: uniform shape, colour and size; a view with probability 3/4."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    checks.positive_int("n", n)
+    checks.instance("generator", generator, torch.Generator, "a torch.Generator")
     choices = []
     for options in (sw.SHAPES, sw.COLOURS, sw.SIZES, sw.VIEWS):
         choices.append(torch.randint(len(options), (n,), generator=generator).tolist())
@@ -40,17 +39,17 @@ def caption_corpus(n: int, generator: torch.Generator) -> list[str]:
 def token_stream(captions: list[str], tokenizer: sw.CaptionTokenizer) -> torch.Tensor:
     """All captions encoded with <bos>/<eos> and concatenated: a 1-D LongTensor."""
     ids = [token for text in captions for token in tokenizer.encode(text)]
-    return torch.tensor(ids, dtype=torch.long)  # (N,)
+    return torch.tensor(ids, dtype=torch.long)  # (N,): all the tokens, end to end
 
 
 def random_windows(stream: torch.Tensor, batch_size: int, length: int,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch_size`` random windows of ``length`` tokens, and the same windows shifted by one:
     the inputs x (B, T) and next-token targets y (B, T) of language-model training."""
-    if stream.dim() != 1 or stream.numel() <= length:
-        raise ValueError(f"stream: expected a 1-D token stream longer than length={length}, "
-                         f"got shape {tuple(stream.shape)}")
-    starts = torch.randint(stream.numel() - length, (batch_size,), generator=generator)  # (B,)
+    (N,) = checks.tensor("stream", stream, "N", dtype=None)
+    if N <= length:
+        raise ValueError(f"stream: expected more than length={length} tokens, got {N}")
+    starts = torch.randint(N - length, (batch_size,), generator=generator)               # (B,)
     offsets = torch.arange(length)                                                      # (T,)
     index = starts[:, None] + offsets[None, :]                                          # (B, T)
     return stream[index], stream[index + 1]
@@ -82,7 +81,6 @@ def train_language_model(model: nn.Module, stream: torch.Tensor, steps: int, gen
         return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(progress_ * torch.pi)).item())
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model.train()
     history = train(model, lm_loss, lambda step: random_windows(stream, batch_size, length, generator),
                     steps=steps, optimizer=optimizer, scheduler=scheduler, grad_clip=1.0,
                     max_seconds=max_seconds, progress=progress, desc=desc)
@@ -106,7 +104,7 @@ def sample_captions(model: nn.Module, tokenizer: sw.CaptionTokenizer, n: int, ge
                     temperature: float = 1.0, top_k: int | None = None, use_cache: bool = True) -> list[str]:
     """``n`` captions sampled from <bos> (in one batch), each cut at its first <eos>."""
     device = next(model.parameters()).device
-    prompt = torch.full((n, 1), tokenizer.bos_id, dtype=torch.long, device=device)      # (n, 1)
+    prompt = torch.full((n, 1), tokenizer.bos_id, dtype=torch.long, device=device)      # (B, 1), B = n
     # One more token than the longest caption needs, so that a model that never stops shows it.
     out = model.generate(prompt, sw.MAX_CAPTION_TOKENS, temperature=temperature, top_k=top_k,
                          generator=generator, use_cache=use_cache, eos_id=tokenizer.eos_id)

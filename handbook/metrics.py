@@ -25,76 +25,63 @@ exact and stable, and needs no scipy.
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-if TYPE_CHECKING:  # only for type hints: importing the judge module here costs nothing
-    from handbook.judge import Judge
+# One way only: the zoo imports no model and nothing of this module, so both can be imported here.
+from handbook import checks, zoo
+from handbook.shapeworld import COLOURS, SHAPES, SIZES
 
 # Images are passed through the judge in chunks of this many, to bound memory on a laptop.
 DEFAULT_BATCH_SIZE = 500
 # A covariance may be asymmetric or have negative eigenvalues by this much (relative to its
 # largest entry) from float rounding; beyond that it is not a covariance and we say so.
 _COV_RELATIVE_TOLERANCE = 1e-6
+_IMAGES = "N 3 Hh Ww"  # what every judge-based metric reads: RGB in [0, 1], the judge's resolution
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:
     """PSNR in dB per item, (B,): ``10 log10(max_value^2 / MSE)``; ``inf`` where pred == target."""
-    for name, t in (("pred", pred), ("target", target)):
-        if not isinstance(t, torch.Tensor) or t.ndim < 2:
-            raise ValueError(f"{name}: expected a tensor of shape (B, ...) with at least 2 dims")
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target: expected the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    if not (isinstance(max_value, (int, float)) and max_value > 0):
-        raise ValueError(f"max_value: expected a positive number, got {max_value!r}")
+    checks.same_shape(min_dims=2, pred=pred, target=target)  # (B, ...)
+    checks.real("max_value", max_value, 0, open_low=True)
     diff = pred.double() - target.double()
     mse = diff.pow(2).flatten(1).mean(dim=1)  # (B,)
     return (10.0 * torch.log10(max_value**2 / mse)).float()  # mse == 0 gives +inf, as it should
 
 
-def _default_judge() -> "Judge":
-    # Imported on first use: the shipped judge is needed only when the caller passes none.
-    from handbook import zoo
+def _judge(judge: nn.Module | None) -> nn.Module:
+    """``judge``, or the shipped judge when it is None."""
+    return judge if judge is not None else zoo.load("judge")
 
-    return zoo.load("judge")
+
+def _label_index(label: Any, names: tuple[str, ...], arg: str) -> int:
+    """The index of one label, given as an index into ``names`` or as one of the names."""
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool):
+        label = int(label)  # numpy integers too
+    # Position i of (0, ..., K-1, names[0], ..., names[K-1]) stands for label i % K in both halves.
+    return checks.choice(arg, label, (*range(len(names)), *names)) % len(names)
 
 
 def _label_tensor(labels: Any, names: tuple[str, ...], n: int, arg: str) -> torch.Tensor:
-    """An int, a name, or a (B,) tensor/sequence of either -> (B,) long tensor of indices."""
-    if isinstance(labels, (str, numbers.Integral)) and not isinstance(labels, bool):
+    """One label for all n images, or one per image (a (N,) tensor or a list) -> (N,) long indices."""
+    if isinstance(labels, torch.Tensor):
+        labels = labels.tolist()  # a 0-D tensor gives one label, a (N,) tensor a list of them
+    if not isinstance(labels, (list, tuple)):
         labels = [labels] * n
-    elif isinstance(labels, torch.Tensor) and labels.ndim == 1:
-        labels = labels.tolist()
-    if not isinstance(labels, (list, tuple)) or len(labels) != n:
-        got = f"shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else (
-            f"{len(labels)} labels" if isinstance(labels, (list, tuple)) else repr(labels))
-        raise ValueError(f"{arg}: expected an index, a name, or one label per image ({n}), got {got}")
-    indices = []
-    for label in labels:
-        if isinstance(label, str):
-            if label not in names:
-                raise ValueError(f"{arg}: unknown name {label!r}, expected one of {names}")
-            label = names.index(label)
-        if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < len(names):
-            raise ValueError(f"{arg}: expected indices in [0, {len(names)}) or names in {names}, got {label!r}")
-        indices.append(int(label))
-    return torch.tensor(indices, dtype=torch.long)
-
-
-def _check_images(images: Any, arg: str = "images") -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{arg}: expected a float tensor (N, 3, H, W) in [0, 1], got {shape}")
+    if len(labels) != n:
+        raise ValueError(f"{arg}: expected an index, a name, or one label per image ({n}), got {len(labels)} labels")
+    return torch.tensor([_label_index(label, names, arg) for label in labels], dtype=torch.long)
 
 
 @torch.no_grad()
-def _run_judge(images: torch.Tensor, judge: "Judge | None", fn: str, batch_size: int) -> list[Any]:
+def _run_judge(images: torch.Tensor, judge: nn.Module | None, fn: str, batch_size: int) -> list[Any]:
     """Apply ``judge.<fn>`` to ``images`` in chunks, in eval mode, on the judge's device."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    judge = judge if judge is not None else _default_judge()
+    checks.tensor("images", images, _IMAGES)
+    checks.positive_int("batch_size", batch_size)
+    judge = _judge(judge)
     device = next(judge.parameters()).device
     was_training = judge.training
     judge.eval()
@@ -105,10 +92,9 @@ def _run_judge(images: torch.Tensor, judge: "Judge | None", fn: str, batch_size:
 
 
 def judge_predictions(
-    images: torch.Tensor, judge: "Judge | None" = None, batch_size: int = DEFAULT_BATCH_SIZE
+    images: torch.Tensor, judge: nn.Module | None = None, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> dict[str, torch.Tensor]:
     """The judge's label indices for each image: dict shape/colour/size of (N,) long tensors (CPU)."""
-    _check_images(images)
     chunks = _run_judge(images, judge, "predict", batch_size)
     return {k: torch.cat([c[k] for c in chunks]).cpu() for k in ("shape", "colour", "size")}
 
@@ -117,7 +103,7 @@ def judge_accuracy(
     images: torch.Tensor,
     shape: Any,
     colour: Any,
-    judge: "Judge | None" = None,
+    judge: nn.Module | None = None,
     size: Any = None,
 ) -> dict[str, float]:
     """Fraction of ``images`` the judge recognises as the requested ``shape``, ``colour`` and both.
@@ -127,12 +113,7 @@ def judge_accuracy(
     shipped one, ``handbook.zoo.load("judge")``. Returns ``{"shape", "colour", "both"}`` (plus
     ``"size"`` when ``size`` is given).
     """
-    from handbook.shapeworld import COLOURS, SHAPES, SIZES
-
-    _check_images(images)
-    n = images.shape[0]
-    if n == 0:
-        raise ValueError("images: expected at least one image")
+    n = checks.tensor("images", images, _IMAGES, at_least={"N": 1})[0]
     want_shape = _label_tensor(shape, SHAPES, n, "shape")
     want_colour = _label_tensor(colour, COLOURS, n, "colour")
     got = judge_predictions(images, judge)
@@ -148,26 +129,30 @@ def judge_accuracy(
     return result
 
 
-def _as_float64(x: Any, arg: str) -> np.ndarray:
+def _float64(x: Any, arg: str, dims: str, at_least: dict[str, int] | None = None, **sizes: int) -> np.ndarray:
+    """``x`` (a tensor, an array or nested lists of numbers) as a finite float64 numpy array shaped ``dims``."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{arg}: expected an array of numbers, got {type(x).__name__}") from None
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{arg}: contains NaN or inf")
+    values = torch.tensor(arr)
+    checks.tensor(arg, values, dims, at_least=at_least, **sizes)
+    checks.within(arg, values)  # no NaN or inf
     return arr
 
 
-def _check_covariance(cov: np.ndarray, dim: int, arg: str) -> None:
-    if cov.shape != (dim, dim):
-        raise ValueError(f"{arg}: expected shape ({dim}, {dim}) to match the mean, got {cov.shape}")
+def _covariance(cov: Any, arg: str, D: int) -> np.ndarray:
+    """``cov`` as a float64 (D, D) covariance matrix, made exactly symmetric for ``eigh``. It must be
+    symmetric and positive semi-definite up to float rounding (relative to its largest entry)."""
+    cov = _float64(cov, arg, "D D", D=D)
     scale = max(float(np.abs(cov).max()), 1.0)
     if np.abs(cov - cov.T).max() > _COV_RELATIVE_TOLERANCE * scale:
         raise ValueError(f"{arg}: expected a symmetric covariance matrix")
-    if np.linalg.eigvalsh(cov).min() < -_COV_RELATIVE_TOLERANCE * scale * dim:
+    if np.linalg.eigvalsh(cov).min() < -_COV_RELATIVE_TOLERANCE * scale * len(cov):
         raise ValueError(f"{arg}: expected a positive semi-definite covariance (it has a negative eigenvalue)")
+    return (cov + cov.T) / 2
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
@@ -182,16 +167,10 @@ def frechet_distance(mu1: Any, cov1: Any, mu2: Any, cov2: Any) -> float:
     ``d^2 = |mu1 - mu2|^2 + tr(C1) + tr(C2) - 2 tr(sqrt(sqrt(C1) C2 sqrt(C1)))``, in float64.
     Accepts numpy arrays or tensors: means (D,), covariances (D, D), symmetric PSD.
     """
-    mu1, mu2 = _as_float64(mu1, "mu1"), _as_float64(mu2, "mu2")
-    cov1, cov2 = _as_float64(cov1, "cov1"), _as_float64(cov2, "cov2")
-    if mu1.ndim != 1:
-        raise ValueError(f"mu1: expected a vector (D,), got shape {mu1.shape}")
-    if mu2.shape != mu1.shape:
-        raise ValueError(f"mu2: expected shape {mu1.shape} like mu1, got {mu2.shape}")
-    dim = mu1.shape[0]
-    _check_covariance(cov1, dim, "cov1")
-    _check_covariance(cov2, dim, "cov2")
-    cov1, cov2 = (cov1 + cov1.T) / 2, (cov2 + cov2.T) / 2  # exactly symmetric for eigh
+    mu1 = _float64(mu1, "mu1", "D")
+    D = len(mu1)
+    mu2 = _float64(mu2, "mu2", "D", D=D)
+    cov1, cov2 = _covariance(cov1, "cov1", D), _covariance(cov2, "cov2", D)
 
     sqrt_cov1 = _sqrt_psd(cov1)
     middle = sqrt_cov1 @ cov2 @ sqrt_cov1  # symmetric PSD, same eigenvalues as C1 C2
@@ -205,33 +184,27 @@ def frechet_distance(mu1: Any, cov1: Any, mu2: Any, cov2: Any) -> float:
 
 def feature_statistics(features: Any) -> tuple[np.ndarray, np.ndarray]:
     """Mean (F,) and unbiased covariance (F, F) of features (N, F), in float64 numpy."""
-    feats = _as_float64(features, "features")
-    if feats.ndim != 2 or feats.shape[0] < 2:
-        raise ValueError(f"features: expected shape (N, F) with N >= 2, got {feats.shape}")
+    feats = _float64(features, "features", "N F", at_least={"N": 2})  # two rows to estimate a covariance
     return feats.mean(axis=0), np.cov(feats, rowvar=False).reshape(feats.shape[1], feats.shape[1])
 
 
 def judge_features(
-    images: torch.Tensor, judge: "Judge | None" = None, batch_size: int = DEFAULT_BATCH_SIZE
+    images: torch.Tensor, judge: nn.Module | None = None, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> torch.Tensor:
     """The judge's penultimate features of ``images`` (N, F), on the CPU."""
-    _check_images(images)
     return torch.cat([f.cpu() for f in _run_judge(images, judge, "features", batch_size)])
 
 
-def shapeworld_fid(images_a: torch.Tensor, images_b: torch.Tensor, judge: "Judge | None" = None) -> float:
+def shapeworld_fid(images_a: torch.Tensor, images_b: torch.Tensor, judge: nn.Module | None = None) -> float:
     """The Frechet distance between the judge features of two image sets (each (N, 3, 32, 32)).
 
     Lower is better; 0 means identical feature statistics. The value depends on N (it is biased
     upwards for small sets), so compare FIDs computed on the same number of images, and against
     the real-vs-real reference recorded in the judge's manifest.
     """
-    _check_images(images_a, "images_a")
-    _check_images(images_b, "images_b")
     for arg, images in (("images_a", images_a), ("images_b", images_b)):
-        if images.shape[0] < 2:
-            raise ValueError(f"{arg}: expected at least 2 images to estimate a covariance, got {images.shape[0]}")
-    judge = judge if judge is not None else _default_judge()
+        checks.tensor(arg, images, _IMAGES, at_least={"N": 2})  # two images to estimate a covariance
+    judge = _judge(judge)
     mu_a, cov_a = feature_statistics(judge_features(images_a, judge))
     mu_b, cov_b = feature_statistics(judge_features(images_b, judge))
     return frechet_distance(mu_a, cov_a, mu_b, cov_b)
@@ -243,8 +216,6 @@ def reference_fid() -> float:
     Read from the judge's manifest, which also says how many images each set had
     (``metrics.reference_fid_images``); compare a model's FID on that many images with it.
     """
-    from handbook import zoo
-
     return float(zoo.manifest("judge")["metrics"]["reference_fid"])
 
 

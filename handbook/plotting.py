@@ -53,7 +53,7 @@ def show_images(
 ) -> Figure:
     """Draw a batch of images in a grid and return the figure.
 
-    images: (B, 3, H, W) RGB in [0, 1], or (B, H, W) / (B, 1, H, W) single-channel maps
+    images: (B, 3, Hh, Ww) RGB in [0, 1], or (B, Hh, Ww) / (B, 1, Hh, Ww) single-channel maps
         (greyscale images, masks, depth, signed distances, ...). A tensor, numpy array or list.
         A single image must keep its batch axis: ``images[None]``.
     titles: one title per image (e.g. the captions; long ones are wrapped), or None.
@@ -67,16 +67,16 @@ def show_images(
     """
     arr = _as_numpy(images, "images")
     if arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]  # (B, H, W)
+        arr = arr[:, 0]  # (B, Hh, Ww)
     if arr.ndim == 4:
         if arr.shape[1] != 3:
-            raise ValueError(f"images: expected (B, 3, H, W) or (B, H, W), got shape {tuple(arr.shape)}")
+            raise ValueError(f"images: expected (B, 3, Hh, Ww) or (B, Hh, Ww), got shape {tuple(arr.shape)}")
         rgb = True
     elif arr.ndim == 3:
         rgb = False
     else:
         raise ValueError(
-            f"images: expected (B, 3, H, W) RGB or (B, H, W) maps, got shape {tuple(arr.shape)} "
+            f"images: expected (B, 3, Hh, Ww) RGB or (B, Hh, Ww) maps, got shape {tuple(arr.shape)} "
             "(a single image needs a batch axis: images[None])"
         )
     B = arr.shape[0]
@@ -122,7 +122,7 @@ def show_images(
         if i >= B:
             continue
         if rgb:
-            img = np.clip(np.nan_to_num(arr[i], nan=0.0), 0.0, 1.0).transpose(1, 2, 0)  # (H, W, 3)
+            img = np.clip(np.nan_to_num(arr[i], nan=0.0), 0.0, 1.0).transpose(1, 2, 0)  # (Hh, Ww, 3)
             ax.imshow(img, interpolation="nearest")
         else:
             last = ax.imshow(arr[i], cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")

@@ -28,6 +28,7 @@ visibly better from it (DDPM, Ho et al. 2020, Appendix B; DiT uses decay 0.9999)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -113,6 +114,20 @@ def warmup_cosine(step: int, warmup: int, total: int, final: float = 0.0) -> flo
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def replace_config(config: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of the dataclass ``config`` with the fields named in ``overrides`` replaced.
+
+    The training recipes of the zoo take their options as keyword overrides of a config dataclass
+    (``train_judge(n_train=512)``); a misspelt option fails here, with the names that exist,
+    instead of being silently ignored.
+    """
+    known = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"overrides: unknown training options {unknown}; expected some of {known}")
+    return dataclasses.replace(config, **overrides)
 
 
 def _batch_source(batches: Iterable[Any] | Callable[[int], Any]) -> Callable[[int], Any]:

@@ -13,8 +13,8 @@ connection), to measure why modern models are pre-LN with residuals (reading que
 and ``positional="sinusoidal"`` to compare fixed with learned positions (question 2.3).
 
 Generation keeps a key-value cache (``attention.KVCache``) per layer: a causal model's keys and
-values for a prefix never change, so each new token costs one token's worth of work, not the
-whole prefix's.
+values for a prefix never change, so each new token computes its own and reads the prefix's from
+the cache instead of recomputing the whole prefix.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handbook import checks
 from handbook.attention import KVCache, MultiHeadAttention, causal_mask
 from handbook.embeddings import sinusoidal_positional_encoding
 
@@ -46,20 +47,12 @@ class GPTConfig:
     bias: bool = True
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_heads", "d_model"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
-        if self.positional not in ("learned", "sinusoidal"):
-            raise ValueError(f"positional: expected 'learned' or 'sinusoidal', got {self.positional!r}")
-        if self.positional == "sinusoidal" and self.d_model % 2:
-            raise ValueError(f"d_model: sinusoidal positions need an even width, got {self.d_model}")
-        if self.norm not in ("pre", "post"):
-            raise ValueError(f"norm: expected 'pre' or 'post', got {self.norm!r}")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        checks.positive_ints(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer)
+        checks.divisible("d_model", self.d_model, "n_heads", self.n_heads)
+        checks.choices(positional=(self.positional, ("learned", "sinusoidal")), norm=(self.norm, ("pre", "post")))
+        if self.positional == "sinusoidal":
+            checks.positive_int("d_model", self.d_model, multiple_of=2, extra="(sinusoidal positions: sin, cos pairs)")
+        checks.real("dropout", self.dropout, 0.0, 1.0, open_high=True)
 
     @classmethod
     def caption_model(cls, vocab_size: int, block_size: int = 64, **overrides) -> "GPTConfig":
@@ -69,7 +62,8 @@ class GPTConfig:
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: D -> 4D -> D with an exact GELU (eq. 2.3)."""
+    """The position-wise feed-forward network (eq. 2.3): D -> hidden (4D in the course's models) -> D,
+    with an exact GELU unless ``approximate="tanh"``."""
 
     def __init__(self, d_model: int, hidden: int, dropout: float = 0.0, bias: bool = True,
                  approximate: str = "none"):
@@ -97,9 +91,9 @@ class TransformerBlock(nn.Module):
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
                  norm: str = "pre", residual: bool = True, ln_eps: float = 1e-5, bias: bool = True):
         super().__init__()
-        if norm not in ("pre", "post"):
-            raise ValueError(f"norm: expected 'pre' or 'post', got {norm!r}")
+        checks.choice("norm", norm, ("pre", "post"))
         self.norm, self.residual = norm, residual
+        self.last_attention = None  # (B, H, T, S) after a forward pass with return_weights
         self.ln1 = nn.LayerNorm(d_model, eps=ln_eps)
         self.attn = MultiHeadAttention(d_model, n_heads, bias=bias, dropout=dropout)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -127,74 +121,75 @@ class TransformerBlock(nn.Module):
 
 
 class GPT(nn.Module):
-    """A decoder-only Transformer language model (Radford et al. 2018/2019; nanoGPT conventions)."""
+    """A decoder-only Transformer language model (Radford et al. 2018/2019; nanoGPT conventions).
 
-    def __init__(self, config: GPTConfig):
+    ``generator`` fixes the initial weights, and building then never touches the global random
+    stream. Without one, the weights come from the global stream (``torch.manual_seed`` fixes
+    them), exactly as they always have: the notebooks' numbers depend on it.
+    """
+
+    def __init__(self, config: GPTConfig, generator: torch.Generator | None = None):
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise ValueError(f"config: expected a GPTConfig, got {type(config).__name__}")
-        self.config = c = config
-        self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
-        if c.positional == "learned":
-            self.position_embedding = nn.Embedding(c.block_size, c.d_model)
-        else:
-            # A buffer, not a parameter: fixed, saved with the model, moved with .to(device).
-            self.register_buffer("position_encoding", sinusoidal_positional_encoding(c.block_size, c.d_model),
-                                 persistent=False)
-        self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(c.d_model, c.n_heads, dropout=c.dropout, norm=c.norm, residual=c.residual,
-                             bias=c.bias) for _ in range(c.n_layer))
-        # Post-LN blocks already end in a LayerNorm; pre-LN ones need a last one before the head.
-        self.ln_f = nn.LayerNorm(c.d_model) if c.norm == "pre" else nn.Identity()
-        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.config = c = checks.instance("config", config, GPTConfig)
+        checks.generator("generator", generator)
+        # The layers draw a default init, which reset_parameters redraws: with a generator, in a fork
+        # of the global stream (left where it was); without one, from the global stream itself.
+        with torch.random.fork_rng(devices=[], enabled=generator is not None):
+            self.token_embedding = nn.Embedding(c.vocab_size, c.d_model)
+            if c.positional == "learned":
+                self.position_embedding = nn.Embedding(c.block_size, c.d_model)
+            else:
+                # A buffer, not a parameter: fixed, moved with .to(device), not saved (it is
+                # recomputed from the config).
+                self.register_buffer("position_encoding", sinusoidal_positional_encoding(c.block_size, c.d_model),
+                                     persistent=False)
+            self.drop = nn.Dropout(c.dropout)
+            self.blocks = nn.ModuleList(
+                TransformerBlock(c.d_model, c.n_heads, dropout=c.dropout, norm=c.norm, residual=c.residual,
+                                 bias=c.bias) for _ in range(c.n_layer))
+            # Post-LN blocks already end in a LayerNorm; pre-LN ones need a last one before the head.
+            self.ln_f = nn.LayerNorm(c.d_model) if c.norm == "pre" else nn.Identity()
+            self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): reading and writing a token use the same vectors.
         self.lm_head.weight = self.token_embedding.weight
-        self.apply(self._init_weights)
         # Sinusoidal positions have amplitude 1. GPT's token embeddings (std 0.02) would drown in
         # them, so follow the Transformer paper instead (section 3.4): embeddings of std
         # 1/sqrt(D), multiplied by sqrt(D) in the forward pass, so tokens and positions weigh alike.
-        self.embedding_scale = 1.0
+        self.embedding_scale = math.sqrt(c.d_model) if c.positional == "sinusoidal" else 1.0
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2's init, drawn from ``generator`` (None: the global stream): weights of linear maps
+        and embeddings N(0, 0.02^2), zero biases, LayerNorm at identity; token embeddings of std
+        1/sqrt(D) with sinusoidal positions (see ``embedding_scale``)."""
+        c = self.config
+        for m in self.modules():  # the tied head is drawn after the embedding, and wins
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02, generator=generator)
+            if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
         if c.positional == "sinusoidal":
-            nn.init.normal_(self.token_embedding.weight, mean=0.0, std=c.d_model ** -0.5)
-            self.embedding_scale = math.sqrt(c.d_model)
+            nn.init.normal_(self.token_embedding.weight, mean=0.0, std=c.d_model ** -0.5, generator=generator)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 L), so the
         # variance of the stream does not grow with depth (2 writes per layer: attention and MLP).
         for block in self.blocks:
             for proj in (block.attn.out_proj, block.mlp.fc2):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer), generator=generator)
 
     def num_parameters(self) -> int:
         """Parameters counted once (the tied head is the embedding)."""
         return sum(p.numel() for p in self.parameters())
 
-    def _check_idx(self, idx, what: str = "idx") -> None:
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
-            raise ValueError(f"{what}: expected an integer tensor of token ids shaped (B, T), got {got}")
-        if idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            raise ValueError(f"{what}: token ids must lie in 0..{self.config.vocab_size - 1}, "
-                             f"got values in {idx.min().item()}..{idx.max().item()}")
-
     def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
         T = idx.shape[1]
-        if start + T > self.config.block_size:
-            raise ValueError(f"idx: sequence of length {start + T} is longer than block_size="
-                             f"{self.config.block_size}, the longest this model accepts")
         if self.config.positional == "learned":
             pos = self.position_embedding(torch.arange(start, start + T, device=idx.device))  # (T, D)
         else:
             pos = self.position_encoding[start:start + T]                                    # (T, D)
-        return self.drop(self.token_embedding(idx) * self.embedding_scale + pos)                                    # (B, T, D)
+        return self.drop(self.token_embedding(idx) * self.embedding_scale + pos)         # (B, T, D)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 caches: list[KVCache] | None = None, return_weights: bool = False,
@@ -205,11 +200,12 @@ class GPT(nn.Module):
         target is not ``ignore_index`` (use it for padding). ``caches`` (one ``KVCache`` per layer)
         continues a sequence whose earlier tokens are already cached: idx then holds the new tokens.
         """
-        self._check_idx(idx)
-        B, T = idx.shape
+        B, T = checks.tensor("idx", idx, "B T", dtype="index")
+        checks.within("idx (token ids)", idx, 0, self.config.vocab_size - 1)
+        checks.items("caches", caches, KVCache, len(self.blocks), none_ok=True)  # one per layer
         start = 0 if caches is None else caches[0].length
-        if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"caches: expected one KVCache per layer ({len(self.blocks)}), got {len(caches)}")
+        room = self.config.block_size - start  # the context window, less the cached tokens
+        checks.positive_int("idx's length T", T, 0, maximum=room, extra=f"(block_size - {start} cached tokens)")
         x = self._embed(idx, start)                                         # (B, T, D)
         # New token i (absolute position start + i) may see every cached token and new tokens <= i.
         mask = None if T == 1 else causal_mask(start + T, device=idx.device)[start:]  # (T, start + T)
@@ -218,17 +214,22 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))                                 # (B, T, V)
         loss = None
         if targets is not None:
-            if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
-                got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
-                raise ValueError(f"targets: expected a tensor shaped like idx {tuple(idx.shape)}, got {got}")
+            checks.tensor("targets", targets, "B T", dtype=None, B=B, T=T)
             loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=ignore_index)
         return logits, loss
 
+    @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Attention weights of every layer for one forward pass: a list of (B, H, T, T) tensors."""
-        with torch.no_grad():
+        """Attention weights of every layer (in eval mode) for one forward pass: n_layer (B, H, T, T)."""
+        was_training = self.training
+        self.eval()
+        try:
             self.forward(idx, return_weights=True)
-        return [block.last_attention for block in self.blocks]
+            return [block.last_attention for block in self.blocks]
+        finally:
+            self.train(was_training)
+            for block in self.blocks:
+                block.last_attention = None  # do not keep a batch's maps alive in the model
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -242,32 +243,29 @@ class GPT(nn.Module):
         chapter measures how much). With ``eos_id``, generation stops early once every sequence has
         produced it (later positions of finished sequences are filled with ``eos_id``).
         """
-        self._check_idx(idx)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected a non-negative int, got {max_new_tokens!r}")
-        if idx.shape[1] + max_new_tokens > self.config.block_size:
-            raise ValueError(f"max_new_tokens: prompt ({idx.shape[1]}) + {max_new_tokens} new tokens exceeds "
-                             f"block_size={self.config.block_size}")
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
-            raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
+        T0 = checks.tensor("idx", idx, "B T", dtype="index")[1]  # forward checks the token ids
+        room = self.config.block_size - T0  # the context window, less the prompt
+        checks.positive_int("max_new_tokens", max_new_tokens, 0, maximum=room, extra=f"(block_size - {T0} prompt tokens)")
+        checks.real("temperature", temperature, 0.0)
+        checks.positive_int("top_k", top_k, none_ok=True)
         was_training = self.training
         self.eval()
         caches = [KVCache() for _ in self.blocks] if use_cache else None
         finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         new_tokens = idx  # what the next forward pass must read: all of it at first
-        for _ in range(max_new_tokens):
-            logits, _ = self.forward(new_tokens if use_cache else idx, caches=caches)
-            next_id = sample_next_token(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
-            if eos_id is not None:
-                next_id = torch.where(finished[:, None], torch.full_like(next_id, eos_id), next_id)
-                finished |= next_id[:, 0] == eos_id
-            idx = torch.cat([idx, next_id], dim=1)                                          # (B, T + 1)
-            new_tokens = next_id
-            if eos_id is not None and bool(finished.all()):
-                break
-        self.train(was_training)
+        try:
+            for _ in range(max_new_tokens):
+                logits, _ = self.forward(new_tokens if use_cache else idx, caches=caches)
+                next_id = sample_next_token(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
+                if eos_id is not None:
+                    next_id = torch.where(finished[:, None], torch.full_like(next_id, eos_id), next_id)
+                    finished |= next_id[:, 0] == eos_id
+                idx = torch.cat([idx, next_id], dim=1)                                          # (B, T + 1)
+                new_tokens = next_id
+                if eos_id is not None and bool(finished.all()):
+                    break
+        finally:  # also when forward rejects the prompt's token ids
+            self.train(was_training)
         return idx
 
 

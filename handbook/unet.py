@@ -5,30 +5,32 @@ the noise predictor of diffusion models by feeding it the noise level; Dhariwal 
 added class conditioning and adaptive GroupNorm. This module follows their conventions
 (../shared/REFERENCES.md, "U-Net") at a size that trains on a CPU::
 
-    x (B, C_in, H, W) -> conv_in                                        (B, C_0, H, W)
+    x (B, C_in, Hh, Ww) -> conv_in                                      (B, C_0, Hh, Ww)
     encoder level i = 0..L-1:  blocks_per_level x [ResBlock (+ AttentionBlock)] -> e_i,
                                then Downsample (stride-2 conv) except after the last level
-    bottleneck:                ResBlock, AttentionBlock (optional), ResBlock at H / 2^(L-1)
+    bottleneck:                ResBlock, AttentionBlock (optional), ResBlock at Hh / 2^(L-1)
     decoder level i = L-1..0:  concat [h, e_i] on channels (the skip connection),
                                blocks_per_level x [ResBlock (+ AttentionBlock)],
                                then Upsample (nearest x2 + conv) except after level 0
-    GroupNorm -> SiLU -> conv_out                                        (B, C_out, H, W)
+    GroupNorm -> SiLU -> conv_out                                      (B, C_out, Hh, Ww)
 
 which is the handbook's y = D_1([E_1(x), D_2([E_2(x), ... D_n(e_n) ...])]) with one skip per
 level (the openai code keeps one per block; one per level is the handbook's equation and enough).
-Level i has C_i = base_channels * channel_mults[i] channels at resolution H / 2^i.
+Level i has C_i = base_channels * channel_mults[i] channels at resolution Hh / 2^i x Ww / 2^i.
 
 Conditioning. The noise level t becomes a sinusoidal vector (``timestep_embedding``), then an MLP
-(Linear -> SiLU -> Linear, 4 x base_channels wide); a class label adds its own learned vector.
-Every ResBlock projects that embedding to its channels and either adds it to the feature map
-("add", Ho et al. 2020) or uses it as a per-channel scale and shift after its second GroupNorm
-("film": FiLM, Perez et al. 2018; AdaGN in Dhariwal & Nichol 2021). A caption (or any sequence
-of vectors) enters through cross-attention in the attention blocks, as in Stable Diffusion.
+(Linear -> SiLU -> Linear, time_embed_mult x base_channels wide); a class label adds its own
+learned vector. Every ResBlock projects that embedding to its channels and either adds it to the
+feature map before its second GroupNorm ("add", Ho et al. 2020) or uses it as a per-channel scale
+and shift after that GroupNorm ("film": FiLM, Perez et al. 2018; AdaGN in Dhariwal & Nichol
+2021). A caption (or any sequence of vectors) enters through cross-attention in the attention
+blocks, as in Stable Diffusion.
 
 Zero initialisation. The last conv of every ResBlock, the output projection of every attention
 and the output conv start at zero: each block starts as its skip path, and a new network outputs
 exactly 0, which is the mean of the noise it learns to predict (Ho et al.'s code; Dhariwal &
-Nichol 2021). The gradient still reaches conv_out at once, and through it the rest.
+Nichol 2021). The gradient still reaches conv_out at once; the layers behind it get one as soon
+as conv_out has moved from zero, after the first step.
 
 Two switches exist for the chapter's experiments: ``skip_connections=False`` (the decoder gets no
 encoder features; reading question 4.1) and ``time_conditioning=False`` (the network is not told
@@ -38,7 +40,6 @@ the noise level; question 4.3).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handbook import checks
 from handbook.attention import MultiHeadAttention
 from handbook.embeddings import TimestepEmbedder
+from handbook.initialisation import fan_in_uniform_
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -55,7 +59,7 @@ class UNetConfig:
 
     attention_levels: indices of the levels (0 = full resolution, L-1 = the lowest) whose blocks
     are followed by attention, in the encoder and the decoder. Levels, not pixel resolutions, so
-    the config does not depend on the image size: level i works at H / 2^i (openai's
+    the config does not depend on the image size: level i works at Hh / 2^i (openai's
     ``attention_resolutions=(ds,)`` is our level log2(ds)).
     """
 
@@ -77,45 +81,32 @@ class UNetConfig:
     time_conditioning: bool = True   # False only for the experiment of reading question 4.3
 
     def __post_init__(self):
-        for name in ("channel_mults", "attention_levels"):  # accept lists, keep the config hashable
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        for name in ("in_channels", "out_channels", "base_channels", "blocks_per_level", "n_heads",
-                     "groups", "time_embed_mult"):
-            _check_positive_int(name, getattr(self, name))
+        for name in ("channel_mults", "attention_levels"):  # accept lists (JSON), keep the config hashable
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("in_channels", "out_channels", "base_channels", "blocks_per_level", "n_heads", "groups",
+                     "time_embed_mult"):
+            checks.positive_int(name, getattr(self, name))
         for name in ("num_classes", "context_dim"):
             if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name), "or None")
-        if not isinstance(self.channel_mults, tuple) or not self.channel_mults:
-            raise ValueError(f"channel_mults: expected a non-empty tuple of positive ints, got {self.channel_mults!r}")
-        for m in self.channel_mults:
-            _check_positive_int("channel_mults", m)
-        if not isinstance(self.attention_levels, tuple):
-            raise ValueError(f"attention_levels: expected a tuple of level indices, got {self.attention_levels!r}")
-        for i in self.attention_levels:
-            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < self.levels:
-                raise ValueError(f"attention_levels: expected level indices in 0..{self.levels - 1} "
-                                 f"(one per entry of channel_mults), got {self.attention_levels!r}")
-        if len(set(self.attention_levels)) != len(self.attention_levels):
-            raise ValueError(f"attention_levels: repeated level in {self.attention_levels!r}")
+                checks.positive_int(name, getattr(self, name), extra="or None")
         for name in ("bottleneck_attention", "skip_connections", "time_conditioning"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
-        if any(c % self.groups for c in self.channels):
-            raise ValueError(f"groups: {self.groups} must divide the channels of every level {self.channels}")
-        attn_channels = [self.channels[i] for i in self.attention_levels]
-        attn_channels += [self.channels[-1]] if self.bottleneck_attention else []
-        if any(c % self.n_heads for c in attn_channels):
-            raise ValueError(f"n_heads: {self.n_heads} must divide the channels {attn_channels} "
-                             f"of every attention block")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        if self.conditioning not in ("add", "film"):
-            raise ValueError(f"conditioning: expected 'add' or 'film', got {self.conditioning!r}")
-        if self.context_dim is not None and not attn_channels:
-            raise ValueError("context_dim: cross-attention lives in the attention blocks; set attention_levels "
-                             "or bottleneck_attention=True, or leave context_dim=None")
+            checks.boolean(name, getattr(self, name))
+        checks.real("dropout", self.dropout, 0.0, 1.0, open_high=True)
+        checks.choice("conditioning", self.conditioning, ("add", "film"))
+        mults, levels = self.channel_mults, self.attention_levels
+        if not (isinstance(mults, tuple) and mults and all(type(m) is int and m > 0 for m in mults)):
+            raise ValueError(f"channel_mults: expected a non-empty tuple of positive ints, got {mults!r}")
+        if not (isinstance(levels, tuple) and all(type(i) is int and 0 <= i < len(mults) for i in levels)
+                and len(set(levels)) == len(levels)):
+            raise ValueError(f"attention_levels: expected level indices in 0..{len(mults) - 1} once each, got {levels}")
+        attention = [self.channels[i] for i in levels] + ([self.channels[-1]] if self.bottleneck_attention else [])
+        for name, divisor, channels, where in (("groups", self.groups, self.channels, "level"),
+                                              ("n_heads", self.n_heads, tuple(attention), "attention block")):
+            if any(ch % divisor for ch in channels):
+                raise ValueError(f"{name}: {divisor} must divide the channels of every {where} {channels}")
+        if self.context_dim is not None and not attention:
+            raise ValueError("context_dim: cross-attention needs attention_levels or bottleneck_attention=True")
 
     @property
     def levels(self) -> int:
@@ -128,7 +119,7 @@ class UNetConfig:
 
     @property
     def size_multiple(self) -> int:
-        """H and W must be multiples of this: 2 ** (levels - 1), one halving per downsampling."""
+        """Hh and Ww must be multiples of this: 2 ** (levels - 1), one halving per downsampling."""
         return 2 ** (self.levels - 1)
 
     @property
@@ -158,16 +149,6 @@ class UNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _check_positive_int(name: str, value: Any, extra: str = "") -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int{' ' + extra if extra else ''}, got {value!r}")
-
-
-def _describe(value: Any) -> str:
-    """What a wrong argument was, for an error message: its shape and dtype, or its type."""
-    return f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _zero_(layer: nn.Module) -> None:
@@ -205,7 +186,7 @@ class ResBlock(nn.Module):
         _zero_(self.conv2)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))                  # (B, C_out, H, W)
+        h = self.conv1(F.silu(self.norm1(x)))                  # (B, C_out, Hh, Ww)
         if self.embed_proj is None:
             h = self.norm2(h)
         else:
@@ -215,14 +196,14 @@ class ResBlock(nn.Module):
                 h = self.norm2(h) * (1 + scale) + shift
             else:
                 h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))                # (B, C_out, H, W)
+        h = self.conv2(self.dropout(F.silu(h)))                # (B, C_out, Hh, Ww)
         return self.skip(x) + h
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over the H*W positions of a feature map, then (with ``context_dim``)
+    """Self-attention over the Hh*Ww positions of a feature map, then (with ``context_dim``)
     cross-attention from those positions to a context sequence; each GroupNorm first, residual,
-    output projection zero-initialised. The q/k/v Linears on (B, H*W, C) tokens are the 1x1
+    output projection zero-initialised. The q/k/v Linears on (B, Hh*Ww, C) tokens are the 1x1
     convs of the reference; with one head the scale is C^-1/2. Attention itself is
     ``handbook.attention.MultiHeadAttention``, the same as in every chapter."""
 
@@ -242,28 +223,28 @@ class AttentionBlock(nn.Module):
                 _zero_(attn.out_proj)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h = x.reshape(B, C, H * W)                                    # (B, C, H*W)
-        h = h + self.attn(self.norm(h).transpose(1, 2)).transpose(1, 2)  # (B, C, H*W)
+        B, C, Hh, Ww = x.shape
+        h = x.reshape(B, C, Hh * Ww)                                  # (B, C, Hh*Ww)
+        h = h + self.attn(self.norm(h).transpose(1, 2)).transpose(1, 2)  # (B, C, Hh*Ww)
         if self.cross_attn is not None:
-            q = self.cross_norm(h).transpose(1, 2)                    # (B, H*W, C)
-            h = h + self.cross_attn(q, context).transpose(1, 2)       # (B, C, H*W)
-        return h.reshape(B, C, H, W)                                  # (B, C, H, W)
+            q = self.cross_norm(h).transpose(1, 2)                    # (B, Hh*Ww, C): the queries
+            h = h + self.cross_attn(q, context).transpose(1, 2)       # (B, C, Hh*Ww)
+        return h.reshape(B, C, Hh, Ww)                                # (B, C, Hh, Ww)
 
 
 class Downsample(nn.Module):
-    """Halve H and W with a stride-2 3x3 conv (learned, unlike pooling; Ho et al. 2020)."""
+    """Halve Hh and Ww with a stride-2 3x3 conv (learned, unlike pooling; Ho et al. 2020)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)  # (B, C, H/2, W/2)
+        return self.conv(x)  # (B, C, Hh/2, Ww/2)
 
 
 class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour copy, then a 3x3 conv (no checkerboard artefacts of a
+    """Double Hh and Ww: nearest-neighbour copy, then a 3x3 conv (no checkerboard artefacts of a
     transposed conv; Odena et al. 2016)."""
 
     def __init__(self, channels: int):
@@ -271,7 +252,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2Hh, 2Ww)
 
 
 class Level(nn.Module):
@@ -317,15 +298,14 @@ class Bottleneck(nn.Module):
 
 
 class UNet(nn.Module):
-    """The denoiser eps_theta(x_t, t, cond) of chapters 4 to 8. ``forward(x, t, cond)`` -> (B, C_out, H, W).
+    """The denoiser eps_theta(x_t, t, cond) of chapters 4 to 8. ``forward(x, t, cond)`` -> (B, C_out, Hh, Ww).
 
     ``generator`` fixes the initial weights (building never touches the global random stream).
     """
 
     def __init__(self, config: UNetConfig | None = None, generator: torch.Generator | None = None):
         super().__init__()
-        if config is not None and not isinstance(config, UNetConfig):
-            raise ValueError(f"config: expected a UNetConfig, got {type(config).__name__}")
+        checks.instance("config", config, (UNetConfig, type(None)), "a UNetConfig or None")
         self.config = c = config or UNetConfig.small()
         with torch.random.fork_rng(devices=[]):  # layers draw a default init; reset_parameters redraws it
             ch = c.channels
@@ -356,13 +336,11 @@ class UNet(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """PyTorch's default init drawn from ``generator`` (weights and biases U(+-1/sqrt(fan_in)),
-        embeddings N(0, 1), norms identity), then zero the layers that write into a residual path."""
+        embeddings N(0, 1), norms identity), then zero the layers that write into a residual path
+        and the output conv (see the module docstring)."""
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                bound = 1.0 / math.sqrt(m.weight[0].numel())  # fan_in = in_channels * kernel area
-                nn.init.uniform_(m.weight, -bound, bound, generator=generator)
-                if m.bias is not None:
-                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+                fan_in_uniform_(m, generator)
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, generator=generator)
             elif isinstance(m, nn.GroupNorm):
@@ -373,80 +351,20 @@ class UNet(nn.Module):
                 m.zero_residual_()
         _zero_(self.conv_out)
 
-    def _check_inputs(self, x, t, cond):
-        """Validate x, t, cond; return t as (B,) floats (or None), labels (B,) or None, context or None."""
-        c = self.config
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point() or x.shape[1] != c.in_channels:
-            raise ValueError(f"x: expected a float tensor (B, in_channels={c.in_channels}, H, W), got {_describe(x)}")
-        B, _, H, W = x.shape
-        if H % c.size_multiple or W % c.size_multiple:
-            raise ValueError(f"x: H={H} and W={W} must be multiples of {c.size_multiple} "
-                             f"(2**{c.levels - 1}: one halving per downsampling)")
-        if not c.time_conditioning:
-            t = None  # the network is not told the noise level (question 4.3): t is ignored
-        else:
-            if isinstance(t, (int, float)) and not isinstance(t, bool):
-                t = torch.tensor(float(t))
-            if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.shape not in ((), (B,)):
-                raise ValueError(f"t: expected a number or a tensor shaped () or (B={B},), got {_describe(t)}")
-            t = t.to(x.device, torch.float32).expand(B)  # (B,)
-        labels, context = self._split_cond(cond)
-        if c.num_classes is not None:
-            if not isinstance(labels, torch.Tensor) or labels.shape != (B,) or labels.is_floating_point() \
-                    or labels.is_complex() or labels.dtype == torch.bool:
-                raise ValueError(f"cond: expected class labels as an integer tensor (B={B},), got {_describe(labels)}")
-            if labels.numel() and (labels.min() < 0 or labels.max() > c.num_classes):
-                raise ValueError(f"cond: class labels must lie in 0..{c.num_classes} ({c.num_classes} = null "
-                                 f"class), got values in {labels.min().item()}..{labels.max().item()}")
-        if c.context_dim is not None:
-            if not isinstance(context, torch.Tensor) or context.dim() != 3 or context.shape[0] != B \
-                    or context.shape[2] != c.context_dim or not context.is_floating_point():
-                raise ValueError(f"cond: expected a float context (B={B}, S, context_dim={c.context_dim}), "
-                                 f"got {_describe(context)}")
-        return t, labels, context
-
-    def _split_cond(self, cond):
-        """cond -> (labels or None, context or None), by the convention of ``forward``."""
-        c = self.config
-        wanted = [name for name, v in (("class labels 'y'", c.num_classes), ("a 'context'", c.context_dim))
-                  if v is not None]
-        if cond is None:
-            if wanted:
-                raise ValueError(f"cond: this model needs {' and '.join(wanted)}"
-                                 + (f"; the unconditional prediction takes the null label {c.num_classes}"
-                                    if c.num_classes is not None else ""))
-            return None, None
-        if isinstance(cond, dict):
-            if set(cond) - {"y", "context"}:
-                raise ValueError(f"cond: a dict may only have the keys 'y' and 'context', got {sorted(cond)}")
-            labels, context = cond.get("y"), cond.get("context")
-        elif not wanted:
-            raise ValueError(f"cond: this model is unconditional (num_classes=None, context_dim=None), "
-                             f"got {_describe(cond)}; pass cond=None")
-        elif len(wanted) == 2:
-            raise ValueError("cond: this model takes labels and a context; pass {'y': labels, 'context': context}")
-        else:  # a bare tensor is whichever of the two the model takes
-            labels, context = (cond, None) if c.num_classes is not None else (None, cond)
-        if c.num_classes is None and labels is not None:
-            raise ValueError("cond: class labels given, but this model has num_classes=None")
-        if c.context_dim is None and context is not None:
-            raise ValueError("cond: a context given, but this model has context_dim=None")
-        return labels, context
-
     def forward(self, x: torch.Tensor, t: torch.Tensor | float | None, cond: Any = None,
                 return_features: bool = False):
-        """x (B, in_channels, H, W), H and W multiples of 2**(levels-1) -> (B, out_channels, H, W).
+        """x (B, in_channels, Hh, Ww), Hh and Ww multiples of 2**(levels-1) -> (B, out_channels, Hh, Ww).
 
         t: the noise level, a number or a tensor () or (B,), integer timesteps or continuous values
-        (e.g. 1000 * sigma); it goes to ``timestep_embedding`` as is. Ignored (may be None) when
-        ``time_conditioning=False``.
+        (e.g. 1000 * sigma); it goes to ``timestep_embedding`` unscaled (as float32, one per image).
+        Ignored (may be None) when ``time_conditioning=False``.
         cond: None for an unconditional model; class labels (B,) long in 0..num_classes
         (num_classes = null) when only ``num_classes`` is set; a context (B, S, context_dim) when only
         ``context_dim`` is set; ``{"y": labels, "context": context}`` (always accepted) when both.
         return_features: also return a dict of activations "encoder.i" (the skip e_i), "bottleneck"
         and "decoder.i" (before upsampling), in the order they are computed.
         """
-        t, labels, context = self._check_inputs(x, t, cond)
+        t, labels, context = self._split_inputs(x, t, cond)          # t (B,) or None, labels (B,) or None
         emb = None
         if self.time_embed is not None:
             emb = self.time_embed(t)                                  # (B, embed_dim)
@@ -455,20 +373,67 @@ class UNet(nn.Module):
             emb = y if emb is None else emb + y
         features: dict[str, torch.Tensor] = {}
         skips = []
-        h = self.conv_in(x)                                           # (B, C_0, H, W)
+        h = self.conv_in(x)                                           # (B, C_0, Hh, Ww)
         for i, level in enumerate(self.encoder):
-            e, h = level(h, emb, context)                             # e_i: (B, C_i, H/2^i, W/2^i)
+            e, h = level(h, emb, context)                             # e_i: (B, C_i, Hh/2^i, Ww/2^i)
             skips.append(e)
             features[f"encoder.{i}"] = e
-        h = self.bottleneck(h, emb, context)                          # (B, C_last, H/2^(L-1), W/2^(L-1))
+        h = self.bottleneck(h, emb, context)                          # (B, C_{L-1}, Hh/2^(L-1), Ww/2^(L-1))
         features["bottleneck"] = h
         for i in reversed(range(len(self.decoder))):
             if self.config.skip_connections:
-                h = torch.cat([h, skips[i]], dim=1)                   # (B, C_in + C_i, H/2^i, W/2^i)
+                h = torch.cat([h, skips[i]], dim=1)                   # (B, C_{i+1} + C_i, Hh/2^i, Ww/2^i)
             d, h = self.decoder[i](h, emb, context)                   # h: upsampled for level i-1
             features[f"decoder.{i}"] = d
-        out = self.conv_out(F.silu(self.norm_out(h)))                 # (B, out_channels, H, W)
+        out = self.conv_out(F.silu(self.norm_out(h)))                 # (B, out_channels, Hh, Ww)
         return (out, features) if return_features else out
+
+    def _split_inputs(self, x: torch.Tensor, t: Any, cond: Any):
+        """Check ``forward``'s inputs -> t (B,) float32 (None without time conditioning), labels (B,)
+        or None, context (B, S, context_dim) or None."""
+        c = self.config
+        B, _, Hh, Ww = checks.tensor("x", x, "B in_channels Hh Ww", in_channels=c.in_channels)
+        if Hh % c.size_multiple or Ww % c.size_multiple:
+            raise ValueError(f"x: height {Hh} and width {Ww} must be multiples of 2**(levels - 1) = {c.size_multiple}")
+        if not c.time_conditioning:
+            t = None  # the network is not told the noise level (question 4.3): t is ignored
+        else:
+            t = torch.tensor(float(t)) if isinstance(t, (int, float)) and not isinstance(t, bool) else t
+            if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.shape not in ((), (B,)):
+                raise ValueError(f"t: expected a number or a tensor shaped () or (B={B},), got {checks.describe(t)}")
+            t = t.to(x.device, torch.float32).expand(B)                       # (B,)
+        labels, context = self._split_cond(cond)
+        if labels is not None:
+            checks.tensor("cond (class labels)", labels, "B", dtype="int", B=B)
+            if labels.numel() and not 0 <= labels.min() <= labels.max() <= c.num_classes:
+                raise ValueError(f"cond: class labels must lie in 0..{c.num_classes} ({c.num_classes} = null "
+                                 f"class), got values in {labels.min().item()}..{labels.max().item()}")
+        if context is not None:
+            checks.tensor("cond (context)", context, "B S context_dim", B=B, context_dim=c.context_dim)
+        return t, labels, context
+
+    def _split_cond(self, cond: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """cond -> (labels or None, context or None), by the conventions of ``forward``."""
+        c = self.config
+        takes = [key for key, size in (("y", c.num_classes), ("context", c.context_dim)) if size is not None]
+        if cond is None or isinstance(cond, dict):
+            given = {key: value for key, value in (cond or {}).items() if value is not None}
+        else:  # a bare tensor is whichever of the two the model takes
+            given = {takes[0] if len(takes) == 1 else "a bare tensor": cond}
+        if set(given) != set(takes):
+            got = f"; got the keys {sorted(map(str, cond))}" if isinstance(cond, dict) else ""
+            raise ValueError(f"cond: this model {self._cond_usage()}{got}")
+        return given.get("y"), given.get("context")
+
+    def _cond_usage(self) -> str:
+        """What ``cond`` this model takes, in words (for the error message of a wrong one)."""
+        c = self.config
+        if c.num_classes is None and c.context_dim is None:
+            return "is unconditional (num_classes=None, context_dim=None); pass cond=None"
+        if c.num_classes is None:
+            return "needs a 'context'"
+        both = " and a 'context'; pass {'y': labels, 'context': context}" if c.context_dim is not None else ""
+        return f"needs class labels 'y'{both}; the unconditional prediction takes the null label {c.num_classes}"
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -2,7 +2,7 @@
 
 An image becomes a sentence of patches, and from there on it is the Transformer of chapter 2::
 
-    images (B, C, H, W) -> cut into N = (H/p)(W/p) patches of p x p x C pixels, each flattened
+    images (B, C, Hh, Ww) -> cut into N = (Hh/p)(Ww/p) patches of p x p x C pixels, each flattened
                         -> one linear map W_p x + b_p per patch           (B, N, D)   (eq. 3.1)
                         -> prepend a learned class token                  (B, 1 + N, D)
                         -> add a position embedding (learned or 2D sin-cos)
@@ -26,7 +26,7 @@ before the patch embedding (Xiao et al. 2021, "Early convolutions help transform
 for reading question 3.4; ``handbook.classification`` holds the convolutional baseline of
 similar size and the training recipe of both.
 
-Inputs: float images (B, C, H, W), as ``handbook.shapeworld.load_images`` returns them: RGB in
+Inputs: float images (B, C, Hh, Ww), as ``handbook.shapeworld.load_images`` returns them: RGB in
 [0, 1]. The model does not normalise them; the first LayerNorm sees patch embeddings, not pixels.
 Their size must be ``config.image_size`` (a ValueError otherwise): the learned positions are a
 table for that grid. ``dynamic_image_size=True`` accepts any size the patch size divides and
@@ -44,48 +44,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handbook import checks
 from handbook.embeddings import sincos_2d_positional_embedding
+from handbook.initialisation import fan_in_uniform_
 from handbook.transformer import TransformerBlock
 
 LN_EPS = 1e-6            # LayerNorm epsilon of the ViT/MAE/DiT reference code (torch's default is 1e-5)
 INIT_STD = 0.02          # std of the class token and of learned positions (ViT, MAE)
+SIZE_HINT = "Hh, Ww: the config's image_size (other sizes need dynamic_image_size=True)"
 
 # ---- patches ---------------------------------------------------------------------------------
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-
-
 def _grid(patch_size: int, height: int, width: int) -> tuple[int, int]:
-    """(H/p, W/p), or a ValueError naming both numbers if p does not divide the image."""
-    _check_positive_int("patch_size", patch_size)
-    if height % patch_size or width % patch_size:
-        raise ValueError(f"patch_size {patch_size} does not divide the image size {height}x{width}")
+    """(Hh/p, Ww/p), or a ValueError naming both numbers if p does not divide the image."""
+    checks.divides("patch_size", patch_size, "the image size", (height, width))
     return height // patch_size, width // patch_size
 
 
-def _check_images(images: Any, channels: int | None = None, size: tuple[int, int] | None = None) -> None:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images: expected a float tensor shaped (B, C, H, W), got {got}")
-    if channels is not None and images.shape[1] != channels:
-        raise ValueError(f"images: expected {channels} channels (B, {channels}, H, W), got {tuple(images.shape)}")
-    if size is not None and tuple(images.shape[-2:]) != tuple(size):
-        raise ValueError(f"images: expected {size[0]}x{size[1]} images, the config's image_size, got "
-                         f"{images.shape[-2]}x{images.shape[-1]} (shape {tuple(images.shape)}); build the model "
-                         f"for that size, or with dynamic_image_size=True to resample its positions")
-
-
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """images (B, C, H, W) -> patches (B, N, p*p*C), N = (H/p)(W/p).
+    """images (B, C, Hh, Ww) -> patches (B, N, p*p*C), N = (Hh/p)(Ww/p).
 
-    Patch n = i * (W/p) + j is the one at grid row i, column j (row-major, like reading a page);
+    Patch n = i * (Ww/p) + j is the one at grid row i, column j (row-major, like reading a page);
     its vector lists the pixels row by row, column by column, and the C channels of each pixel last.
     """
-    _check_images(images)
-    B, C, H, W = images.shape
-    gh, gw = _grid(patch_size, H, W)
+    B, C, Hh, Ww = checks.tensor("images", images, "B C Hh Ww")
+    gh, gw = _grid(patch_size, Hh, Ww)
     p = patch_size
     x = images.reshape(B, C, gh, p, gw, p)          # (B, C, gh, p, gw, p)
     x = x.permute(0, 2, 4, 3, 5, 1)                  # (B, gh, gw, p, p, C)
@@ -94,25 +77,17 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def unpatchify(tokens: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
     """The exact inverse of ``patchify``: (B, N, p*p*C) -> images (B, C, height, width)."""
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
-        got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens: expected a tensor shaped (B, N, p*p*C), got {got}")
-    _check_positive_int("height", height)
-    _check_positive_int("width", width)
     gh, gw = _grid(patch_size, height, width)
-    B, N, P = tokens.shape
+    B, N, P = checks.tensor("tokens", tokens, "B N p*p*C", dtype=None, N=gh * gw)
     p = patch_size
-    if N != gh * gw or P % (p * p):
-        raise ValueError(f"tokens: expected (B, {gh * gw}, p*p*C) with p*p = {p * p} for a {height}x{width} "
-                         f"image, got {tuple(tokens.shape)}")
-    C = P // (p * p)
+    C = checks.positive_int("tokens' last dimension p*p*C", P, multiple_of=p * p) // (p * p)
     x = tokens.reshape(B, gh, gw, p, p, C)           # (B, gh, gw, p, p, C)
     x = x.permute(0, 5, 1, 3, 2, 4)                  # (B, C, gh, p, gw, p)
-    return x.reshape(B, C, height, width)            # (B, C, H, W)
+    return x.reshape(B, C, height, width)            # (B, C, Hh, Ww)
 
 
 class PatchEmbed(nn.Module):
-    """images (B, C, H, W) -> patch embeddings (B, N, D): z_ij = W_p flatten(x_ij) + b_p (eq. 3.1).
+    """images (B, C, Hh, Ww) -> patch embeddings (B, N, D): z_ij = W_p flatten(x_ij) + b_p (eq. 3.1).
 
     A convolution with kernel = stride = p is that linear map applied to every patch at once; its
     weight (D, C, p, p), permuted to (D, p, p, C) and flattened, is W_p for ``patchify``'s order.
@@ -120,14 +95,13 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, in_channels: int, d_model: int, patch_size: int):
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("d_model", d_model), ("patch_size", patch_size)):
-            _check_positive_int(name, value)
+        checks.positive_ints(in_channels=in_channels, d_model=d_model, patch_size=patch_size)
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_channels, d_model, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images, self.proj.in_channels)
-        _grid(self.patch_size, *images.shape[-2:])
+        _, _, Hh, Ww = checks.tensor("images", images, "B C Hh Ww", C=self.proj.in_channels)
+        _grid(self.patch_size, Hh, Ww)               # a conv would silently drop a partial patch
         x = self.proj(images)                        # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2)          # (B, N, D)
 
@@ -147,8 +121,8 @@ class ConvStem(nn.Module):
         self.patch = PatchEmbed(channels, d_model, patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images, self.in_channels)
-        _grid(self.patch.patch_size, *images.shape[-2:])
+        _, _, Hh, Ww = checks.tensor("images", images, "B C Hh Ww", C=self.in_channels)
+        _grid(self.patch.patch_size, Hh, Ww)         # before the convolutions, which keep the size
         return self.patch(self.convs(images))        # (B, N, D)
 
 
@@ -172,7 +146,7 @@ def resample_positions(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: t
 class ViTConfig:
     """Everything that defines a ViT's shape. Frozen: a config never changes after a model uses it."""
 
-    image_size: int | tuple[int, int] = 32   # the size the model is built for; (H, W) if not square
+    image_size: int | tuple[int, int] = 32   # the size the model is built for; (Hh, Ww) if not square
     patch_size: int = 4
     in_channels: int = 3
     num_classes: int = 30                    # ShapeWorld shape x colour = 5 x 6
@@ -190,30 +164,20 @@ class ViTConfig:
     def __post_init__(self):
         if isinstance(self.image_size, list):  # e.g. read back from JSON; keep the config hashable
             object.__setattr__(self, "image_size", tuple(self.image_size))
-        size = self.image_size
-        if not (isinstance(size, int) and not isinstance(size, bool) and size > 0) and not (
-                isinstance(size, tuple) and len(size) == 2
-                and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
-            raise ValueError(f"image_size: expected a positive int or a pair (H, W), got {size!r}")
         for name in ("patch_size", "in_channels", "num_classes", "d_model", "n_layer", "n_heads", "stem_channels"):
-            _check_positive_int(name, getattr(self, name))
-        H, W = self.image_hw
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(f"patch_size: patch_size {self.patch_size} does not divide the image size {H}x{W}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}")
-        if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio * self.d_model >= 1):
-            raise ValueError(f"mlp_ratio: expected a positive number, got {self.mlp_ratio!r}")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+            checks.positive_int(name, getattr(self, name))
         for name, choices in (("positional", ("learned", "sincos")), ("pool", ("cls", "mean")),
                               ("stem", ("patch", "conv"))):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
-        if self.positional == "sincos" and self.d_model % 4:
-            raise ValueError(f"d_model: sin-cos positions need a multiple of 4, got {self.d_model}")
-        if not isinstance(self.dynamic_image_size, bool):
-            raise ValueError(f"dynamic_image_size: expected True or False, got {self.dynamic_image_size!r}")
+            checks.choice(name, getattr(self, name), choices)
+        hw = checks.int_tuple("image_size", self.image_hw, length=2)  # an int is (Hh, Ww) = (size, size)
+        checks.divides("patch_size", self.patch_size, "the image size", hw)  # the patches must tile the image
+        # Each head gets d_model / n_heads channels; sin-cos positions need 4 (sin and cos, rows and columns).
+        multiple = math.lcm(self.n_heads, 4 if self.positional == "sincos" else 1)
+        why = f"(n_heads={self.n_heads}{', and 4 for sin-cos positions' if self.positional == 'sincos' else ''})"
+        checks.positive_int("d_model", self.d_model, multiple_of=multiple, extra=why)
+        # The MLP gets int(mlp_ratio * d_model) >= 1 channels.
+        checks.reals(mlp_ratio=(self.mlp_ratio, 1 / self.d_model, math.inf), dropout=(self.dropout, 0.0, 1.0, "[)"))
+        checks.boolean("dynamic_image_size", self.dynamic_image_size)
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -221,7 +185,7 @@ class ViTConfig:
 
     @property
     def grid_size(self) -> tuple[int, int]:
-        """(H/p, W/p): the patch grid of the image size the model is built for."""
+        """(Hh/p, Ww/p): the patch grid of the image size the model is built for."""
         return self.image_hw[0] // self.patch_size, self.image_hw[1] // self.patch_size
 
     @property
@@ -248,7 +212,7 @@ class ViTConfig:
 
 
 class ViT(nn.Module):
-    """A Vision Transformer classifier: ``forward(images (B, C, H, W)) -> logits (B, num_classes)``.
+    """A Vision Transformer classifier: ``forward(images (B, C, Hh, Ww)) -> logits (B, num_classes)``.
 
     Built for ``config.image_size``, it takes images of that size only (a ValueError names both
     sizes). With ``config.dynamic_image_size`` it accepts any size the patch size divides: sin-cos
@@ -259,8 +223,7 @@ class ViT(nn.Module):
 
     def __init__(self, config: ViTConfig, generator: torch.Generator | None = None):
         super().__init__()
-        if not isinstance(config, ViTConfig):
-            raise ValueError(f"config: expected a ViTConfig, got {type(config).__name__}")
+        checks.instance("config", config, ViTConfig)
         self.config = c = config
         with torch.random.fork_rng(devices=[]):  # layers draw a default init; reset_parameters redraws it
             if c.stem == "patch":
@@ -297,8 +260,7 @@ class ViT(nn.Module):
             elif isinstance(m, PatchEmbed):  # its weight (D, C, p, p) is a linear map (D, C*p*p)
                 nn.init.xavier_uniform_(m.proj.weight.view(m.proj.out_channels, -1), generator=generator)
             elif isinstance(m, nn.Conv2d) and m.kernel_size != m.stride:  # the conv stem, not a patch conv
-                bound = 1.0 / math.sqrt(m.weight[0].numel())
-                nn.init.uniform_(m.weight, -bound, bound, generator=generator)
+                fan_in_uniform_(m, generator, bias=False)  # its bias is zeroed below, as every bias
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
             if isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and m.bias is not None:
@@ -321,13 +283,14 @@ class ViT(nn.Module):
         return torch.cat([cls_pos, resample_positions(patch_pos, self.config.grid_size, grid)], dim=1)
 
     def tokens(self, images: torch.Tensor, return_weights: bool = False) -> torch.Tensor:
-        """images (B, C, H, W) -> the final normalised tokens (B, 1 + N, D), class token first."""
+        """images (B, C, Hh, Ww) -> the final normalised tokens (B, 1 + N, D), class token first."""
         c = self.config
-        _check_images(images, c.in_channels, None if c.dynamic_image_size else c.image_hw)
-        B, C, H, W = images.shape
-        grid = _grid(c.patch_size, H, W)
+        B, _, Hh, Ww = checks.tensor("images", images, "B C Hh Ww", C=c.in_channels)
+        if not c.dynamic_image_size:  # the learned positions are a table for one grid
+            checks.tensor("images", images, "B C Hh Ww", Hh=c.image_hw[0], Ww=c.image_hw[1], hint=SIZE_HINT)
         x = self.patch_embed(images)                                     # (B, N, D)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)      # (B, 1 + N, D)
+        grid = (Hh // c.patch_size, Ww // c.patch_size)                  # (gh, gw): patch_embed checked p divides
         x = self.drop(x + self.position_embedding(grid))                 # (B, 1 + N, D)
         for block in self.blocks:
             x = block(x, return_weights=return_weights)                  # (B, 1 + N, D)
@@ -353,9 +316,7 @@ class ViT(nn.Module):
 
     def cls_attention(self, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """How much the class token attends to each patch, per head: (B, H, gh, gw)."""
-        n = self.config.n_layer
-        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
-            raise ValueError(f"layer: expected an int in {-n}..{n - 1}, got {layer!r}")
+        checks.choice("layer", layer, range(-self.config.n_layer, self.config.n_layer))
         weights = self.attention_maps(images)[layer]                     # (B, H, 1 + N, 1 + N)
-        gh, gw = _grid(self.config.patch_size, *images.shape[-2:])
+        gh, gw = (size // self.config.patch_size for size in images.shape[-2:])
         return weights[:, :, 0, 1:].reshape(*weights.shape[:2], gh, gw)  # (B, H, gh, gw)

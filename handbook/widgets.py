@@ -124,7 +124,7 @@ def shapeworld_explorer(resolution: int = 64, continuous_update: bool = False) -
                       resolution=resolution)
         # Constrained layout keeps the caption, the panel titles and the colour bar apart.
         fig, axes = plt.subplots(1, 3, figsize=(9, 3.4), layout="constrained")
-        axes[0].imshow(r.image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")  # (H, W, 3)
+        axes[0].imshow(r.image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")  # (Hh, Ww, 3)
         axes[0].set_title("image")
         axes[1].imshow(r.mask.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[1].set_title("mask")

@@ -14,20 +14,23 @@ Every entry can be re-trained from scratch, which rewrites both files::
     python -m handbook.zoo verify        # recompute every sha256
 
 An entry names its builder and its training function as ``"module:function"`` strings, so that
-the registry below lists every shipped model of the course in one place while importing the zoo
-stays cheap (a model's module is imported only when that model is loaded or trained). A chapter
-that ships weights adds one ``ZooEntry`` to the registry.
+``SHIPPED`` below lists every shipped model of the course in one place while importing the zoo
+imports no model: a model's module is imported only when that model is loaded or trained, or when
+its default seed and steps are asked for (they are the defaults of its trainer). A model that
+ships weights adds one ``ZooEntry`` to ``SHIPPED``; ``register`` adds one at run time.
 
 - builder: ``build(config: dict) -> nn.Module``, the untrained network from the ``"model"`` part
   of the manifest's config;
 - trainer: ``train(seed=, steps=, progress=, **options) -> dict`` with keys ``model``, ``seconds``,
-  ``steps``, ``metrics``, ``config`` (``{"model": ..., ...}``) and optionally ``data_seconds``.
+  ``steps``, ``metrics``, ``config`` (``{"model": ..., ...}``) and optionally ``data_seconds``;
+  the defaults of its ``seed`` and ``steps`` are the entry's.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -38,9 +41,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from handbook import checks
 from handbook.checkpoints import check_state_dict, checkpoint_paths, load_checkpoint, save_checkpoint
-from handbook.ddpm_images import DEFAULT_STEPS as DDPM_IMAGES_STEPS
-from handbook.judge import DEFAULT_STEPS as JUDGE_STEPS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _REPORT_KEYS = ("model", "seconds", "steps", "metrics", "config")
@@ -48,14 +50,25 @@ _REPORT_KEYS = ("model", "seconds", "steps", "metrics", "config")
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One shipped checkpoint: how to build the network, how to train it, and its defaults."""
+    """One shipped checkpoint: what it is, how to build its network and how to train it."""
 
     name: str
     description: str
     builder: str  # "module:function", config dict -> nn.Module
     trainer: str  # "module:function", (seed, steps, progress, **options) -> report dict
-    seed: int  # default seed of ``train``
-    steps: int  # default number of optimizer steps
+
+    # The default seed and number of steps are read from the trainer's signature rather than
+    # written here too: they are part of the training recipe (whose module says why that many
+    # steps), so they are written once, there, and the zoo imports that module only when asked.
+    @property
+    def seed(self) -> int:
+        """The default seed of ``train_entry``: the default of the trainer's ``seed``."""
+        return _default_of(self.trainer, "seed")
+
+    @property
+    def steps(self) -> int:
+        """The default number of optimizer steps: the default of the trainer's ``steps``."""
+        return _default_of(self.trainer, "steps")
 
     def command(self, seed: int | None = None, steps: int | None = None, options: dict | None = None) -> str:
         """The shell command that re-creates this entry's weights."""
@@ -74,44 +87,32 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), function)
 
 
-REGISTRY: dict[str, ZooEntry] = {}
+def _default_of(target: str, argument: str) -> Any:
+    default = inspect.signature(_resolve(target)).parameters[argument].default
+    if default is inspect.Parameter.empty:
+        raise ValueError(f"{target}: its argument {argument!r} needs a default (the zoo entry's default)")
+    return default
+
+
+# Every model the package ships weights for: name, description, builder, trainer.
+SHIPPED = (
+    ZooEntry("judge",
+             "ShapeWorld judge: CNN that recognises shape, colour and size of 32x32 renders; "
+             "its features give the ShapeWorld FID",
+             builder="handbook.judge:build_judge", trainer="handbook.judge:train_judge"),
+    ZooEntry("ddpm_shapeworld",
+             "Chapter 5: class-conditional DDPM (U-Net, 24x24 ShapeWorld, 30 shape x colour classes, "
+             "null class for classifier-free guidance, cosine schedule T=1000)",
+             builder="handbook.ddpm_images:build", trainer="handbook.ddpm_images:train_model"),
+)
+REGISTRY: dict[str, ZooEntry] = {entry.name: entry for entry in SHIPPED}
 
 
 def register(entry: ZooEntry) -> ZooEntry:
-    """Add an entry (a chapter module calls this for the model it ships)."""
-    if not isinstance(entry, ZooEntry):
-        raise ValueError(f"entry: expected a ZooEntry, got {type(entry).__name__}")
+    """Add an entry to ``REGISTRY`` at run time (a model of one's own); the shipped ones are ``SHIPPED``."""
+    checks.instance("entry", entry, ZooEntry)
     REGISTRY[entry.name] = entry
     return entry
-
-
-register(
-    ZooEntry(
-        name="judge",
-        description=(
-            "ShapeWorld judge: CNN that recognises shape, colour and size of 32x32 renders; "
-            "its features give the ShapeWorld FID"
-        ),
-        builder="handbook.judge:build_judge",
-        trainer="handbook.judge:train_judge",
-        seed=0,
-        steps=JUDGE_STEPS,
-    )
-)
-
-register(
-    ZooEntry(
-        name="ddpm_shapeworld",
-        description=(
-            "Chapter 5: class-conditional DDPM (U-Net, 24x24 ShapeWorld, 30 shape x colour classes, "
-            "null class for classifier-free guidance, cosine schedule T=1000)"
-        ),
-        builder="handbook.ddpm_images:build",
-        trainer="handbook.ddpm_images:train_model",
-        seed=0,
-        steps=DDPM_IMAGES_STEPS,
-    )
-)
 
 
 def _entry(name: str) -> ZooEntry:
@@ -172,8 +173,7 @@ def train_entry(
     seed = entry.seed if seed is None else seed
     steps = entry.steps if steps is None else steps
     for arg, value in (("seed", seed), ("steps", steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{arg}: expected a non-negative int, got {value!r}")
+        checks.positive_int(arg, value, minimum=0)
 
     try:
         json.dumps(options)

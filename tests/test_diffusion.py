@@ -26,7 +26,7 @@ from handbook.diffusion import (
 )
 
 F64 = torch.float64
-SHAPE = (4, 2, 3, 3)  # (B, C, H, W), tiny on purpose
+SHAPE = (4, 2, 3, 3)  # (B, C, Hh, Ww), tiny on purpose
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -230,9 +230,12 @@ def test_ddim_step_matches_diffusers(eta, clip):
         t_prev = timesteps[i + 1] if i + 1 < steps else -1
         z = _randn(SHAPE, 10 + i, F64)
         # clip: x0_hat clipped and eps re-derived from it (use_clipped_model_output=True)
-        expected = ref.step(eps, t, x_t, eta=eta, variance_noise=z, use_clipped_model_output=clip).prev_sample
-        got = ddim_step(schedule, x_t, t, t_prev, eps, eta=eta, noise=z, clip_x0=clip)
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+        expected = ref.step(eps, t, x_t, eta=eta, variance_noise=z, use_clipped_model_output=clip)
+        got, x0_hat = ddim_step(schedule, x_t, t, t_prev, eps, eta=eta, noise=z, clip_x0=clip, return_x0=True)
+        torch.testing.assert_close(got, expected.prev_sample, rtol=1e-10, atol=1e-10)
+        # the x0 guess the step used is diffusers' pred_original_sample (clipped with clip_sample)
+        torch.testing.assert_close(x0_hat, expected.pred_original_sample, rtol=1e-10, atol=1e-10)
+        assert torch.equal(ddim_step(schedule, x_t, t, t_prev, eps, eta=eta, noise=z, clip_x0=clip), got)
 
 
 def test_ddim_with_eta_1_and_every_step_is_ddpm():
@@ -271,10 +274,18 @@ def test_ddim_sample_matches_a_diffusers_loop_with_the_same_generator():
     ref.set_timesteps(steps)
     g = _gen(4)
     x = torch.randn(SHAPE, generator=g)
+    x0_guesses = []
     for t in ref.timesteps:
-        x = ref.step(model(x, t.reshape(1)), int(t), x, eta=1.0, generator=g).prev_sample
+        out = ref.step(model(x, t.reshape(1)), int(t), x, eta=1.0, generator=g)
+        x = out.prev_sample
+        x0_guesses.append(out.pred_original_sample)
     ours = ddim_sample(model, schedule, SHAPE, steps=steps, eta=1.0, generator=_gen(4), progress=False)
     torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+    # return_x0: one x0 guess per step, in sampling order, as diffusers' pred_original_sample
+    samples, guesses = ddim_sample(model, schedule, SHAPE, steps=steps, eta=1.0, generator=_gen(4), progress=False,
+                                   return_x0=True)
+    assert torch.equal(samples, ours)
+    torch.testing.assert_close(guesses, torch.stack(x0_guesses), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -321,6 +332,47 @@ def test_samplers_shape_determinism_and_trajectory(sampler):
     assert a.shape == SHAPE and a.dtype == torch.float32 and bool(torch.isfinite(a).all())
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert len(traj) == (51 if sampler == "ddpm" else 6) and torch.equal(traj[-1], a)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_sample_returns_the_x0_guess_of_every_step(eta):
+    schedule = NoiseSchedule.linear(50)
+    model = _gaussian_eps(schedule, 2.0)  # wide data: many x0 guesses fall outside [-1, 1]
+    run = dict(steps=5, eta=eta, progress=False)
+    plain = ddim_sample(model, schedule, SHAPE, generator=_gen(0), **run)
+    samples, x0_guesses = ddim_sample(model, schedule, SHAPE, generator=_gen(0), return_x0=True, **run)
+    assert torch.equal(samples, plain)  # the same random draws: bit-identical samples
+    assert x0_guesses.shape == (5, *SHAPE) and x0_guesses.dtype == samples.dtype
+    # The last step goes to alpha_bar = 1, where x_prev is the x0 guess itself.
+    torch.testing.assert_close(x0_guesses[-1], samples)
+    # With the trajectory too: (samples, trajectory, x0_guesses); step i's guess is x0_hat of trajectory[i].
+    s2, trajectory, g2 = ddim_sample(model, schedule, SHAPE, generator=_gen(0), return_trajectory=True,
+                                     return_x0=True, **run)
+    assert torch.equal(s2, plain) and torch.equal(g2, x0_guesses) and len(trajectory) == 6
+    t0 = ddim_timesteps(50, 5)[0].item()
+    torch.testing.assert_close(x0_guesses[0], predict_x0(schedule, trajectory[0], t0, model(trajectory[0], t0)))
+    # clip_x0: the guesses are the clipped x0_hat the steps used
+    clipped, clipped_guesses = ddim_sample(model, schedule, SHAPE, generator=_gen(0), clip_x0=True, return_x0=True,
+                                           **run)
+    assert torch.equal(clipped, ddim_sample(model, schedule, SHAPE, generator=_gen(0), clip_x0=True, **run))
+    assert clipped_guesses.abs().max() <= 1.0 < x0_guesses.abs().max()
+    torch.testing.assert_close(clipped_guesses[-1], clipped)
+
+
+def test_ddim_sample_x0_guesses_are_the_guided_ones():
+    schedule = NoiseSchedule.linear(50)
+
+    def model(x, t, cond):  # a fake conditional eps: shifts by the class index
+        return x * 0.1 + cond.reshape(-1, 1).to(x.dtype)
+
+    cond, null = torch.tensor([0, 1, 2]), 5
+    kwargs = dict(steps=2, cond=cond, guidance_scale=3.0, null_cond=null, progress=False)
+    samples, guesses = ddim_sample(model, schedule, (3, 2), generator=_gen(0), return_x0=True, **kwargs)
+    assert torch.equal(samples, ddim_sample(model, schedule, (3, 2), generator=_gen(0), **kwargs))
+    x = torch.randn(3, 2, generator=_gen(0))
+    t = ddim_timesteps(50, 2)[0].item()
+    eps_c, eps_u = model(x, t, cond), model(x, t, torch.full((3,), null))
+    torch.testing.assert_close(guesses[0], predict_x0(schedule, x, t, eps_u + 3.0 * (eps_c - eps_u)))
 
 
 def test_guided_sampling_batches_cond_and_null_and_applies_the_formula():
@@ -433,10 +485,14 @@ X = torch.zeros(SHAPE)
     (lambda: NoiseSchedule.linear(0), "T"),
     (lambda: NoiseSchedule.linear(10), "beta_end"),
     (lambda: NoiseSchedule.cosine(2.5), "T"),
+    (lambda: NoiseSchedule.linear(50, beta_start="small"), "beta_start: expected a number"),
+    (lambda: NoiseSchedule.linear(50, 0.01, 0.001), r"beta_end: expected a finite number in \[0.01, 0.05\)"),
+    (lambda: NoiseSchedule.cosine(50, s=-0.1), "s: expected"),
+    (lambda: NoiseSchedule.cosine(50, max_beta=1.0), r"max_beta: expected a finite number in \(0, 1\)"),
     (lambda: q_sample(S, X, 50, X), "t: expected values in 0..49"),
     (lambda: q_sample(S, X, -1, X), "t: expected values"),
     (lambda: q_sample(S, X, torch.tensor([0, 1, 2, 50]), X), "t: expected values"),
-    (lambda: q_sample(S, X, torch.tensor([0, 1]), X), "t: expected 4 timesteps"),
+    (lambda: q_sample(S, X, torch.tensor([0, 1]), X), "t: expected 4 values"),
     (lambda: q_sample(S, X, torch.zeros(4), X), "t: expected an int"),
     (lambda: q_sample(S, X, 2.0, X), "t: expected an int"),
     (lambda: q_sample(S, X, 1, X[:2]), "eps: expected the shape"),
@@ -449,7 +505,7 @@ X = torch.zeros(SHAPE)
     (lambda: ddpm_step(S, X, 1, X, noise=X, generator=_gen(0)), "noise"),
     (lambda: ddim_step(S, X, 10, 10, X), "t_prev: expected t_prev < t"),
     (lambda: ddim_step(S, X, 10, -2, X), "t_prev: expected values in -1..49"),
-    (lambda: ddim_step(S, X, 10, torch.tensor([1, 2]), X), "t_prev: expected 4 timesteps"),
+    (lambda: ddim_step(S, X, 10, torch.tensor([1, 2]), X), "t_prev: expected 4 values"),
     (lambda: q_sample(S, [0.0, 1.0], 1, X), "x0: expected a tensor"),
     (lambda: ddim_step(S, X, 10, 5, X, eta=-0.1), "eta"),
     (lambda: ddim_timesteps(50, 0), "steps"),
@@ -459,7 +515,7 @@ X = torch.zeros(SHAPE)
     (lambda: training_loss(_zeros_model, S, X, prediction="score"), "prediction"),
     (lambda: training_loss(_zeros_model, S, X, reduction="sum"), "reduction"),
     (lambda: training_loss(_zeros_model, S, X, t=50), "t: expected values"),
-    (lambda: training_loss(lambda x, t, c: x[:, :1], S, X), "model output"),
+    (lambda: training_loss(lambda x, t, c: x[:, :1], S, X), "model_output: expected the shape of x0"),
     (lambda: training_loss(_zeros_model, S, X, cond=torch.zeros(4), p_uncond=0.1), "null_cond"),
     (lambda: training_loss(_zeros_model, S, X, cond=torch.zeros(4), p_uncond=1.5, null_cond=0), "p_uncond"),
     (lambda: ddpm_sample(_zeros_model, S, (0, 2), progress=False), "shape"),
@@ -470,10 +526,10 @@ X = torch.zeros(SHAPE)
     (lambda: ddim_sample(_zeros_model, S, (2, 2), cond=torch.zeros(2), guidance_scale=2.0, progress=False),
      "null_cond: required"),
     (lambda: ddim_sample(_zeros_model, S, (2, 2), cond=torch.zeros(2), guidance_scale=2.0, null_cond=torch.zeros(3),
-                         progress=False), "null_cond: expected shape"),
+                         progress=False), "null_cond's shape: expected one of"),
     (lambda: ddim_sample(_zeros_model, S, (2, 2), steps=51, progress=False), "steps"),
     (lambda: ddim_sample(_zeros_model, S, (2, 2), eta=-1.0, progress=False), "eta"),
-    (lambda: ddim_sample(lambda x, t, c: x[:1], S, (2, 2), steps=2, progress=False), "model: expected an output"),
+    (lambda: ddim_sample(lambda x, t, c: x[:1], S, (2, 2), steps=2, progress=False), "model_output: expected the shape"),
 ])
 def test_bad_input_raises_a_clear_error(call, match):
     with pytest.raises(ValueError, match=match):

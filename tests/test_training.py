@@ -171,6 +171,23 @@ def test_train_rejects_bad_input_and_a_nan_loss():
         train(model, lambda m, b: _mse(m, b) * float("nan"), batches, steps=1, progress=False)
 
 
+def test_replace_config_replaces_fields_and_names_unknown_options():
+    import dataclasses
+
+    from handbook.training import replace_config
+
+    @dataclasses.dataclass(frozen=True)
+    class Recipe:
+        lr: float = 1e-3
+        steps: int = 10
+
+    base = Recipe()
+    assert replace_config(base, {"lr": 0.1}) == Recipe(lr=0.1, steps=10) and base == Recipe()
+    assert replace_config(base, {}) == base
+    with pytest.raises(ValueError, match=r"unknown training options \['stpes'\]; expected some of \['lr', 'steps'\]"):
+        replace_config(base, {"stpes": 3})
+
+
 def test_warmup_cosine_warms_up_linearly_then_decays_to_final():
     from handbook.training import warmup_cosine
 

@@ -242,6 +242,25 @@ def test_same_seed_same_model_and_building_leaves_the_global_rng_alone():
     assert any(not torch.equal(v, sc[k]) for k, v in sa.items())
 
 
+def test_initial_weights_are_pytorch_defaults_drawn_from_the_generator():
+    """Redrawn by hand in module order: U(+-1/sqrt(fan_in)) for every conv and linear layer (weight,
+    then bias), N(0, 1) for the class embedding; the layers that start at zero stay zero."""
+    config = CONFIGS["class-and-context"]
+    model, g = _model(config, seed=3), _gen(3)
+    state = model.state_dict()
+    for name, m in model.named_modules():
+        drawn = {}
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            bound = 1 / math.sqrt(m.weight[0].numel())
+            drawn = {p: torch.empty_like(t).uniform_(-bound, bound, generator=g) for p, t in m.named_parameters()}
+        elif isinstance(m, torch.nn.Embedding):
+            drawn = {"weight": torch.empty_like(m.weight).normal_(generator=g)}
+        zeroed = name == "conv_out" or name.endswith(("conv2", "out_proj"))
+        for p, value in drawn.items():
+            actual = state[f"{name}.{p}"]
+            assert torch.equal(actual, torch.zeros_like(actual) if zeroed else value), f"{name}.{p}"
+
+
 def test_same_input_same_output():
     config = CONFIGS["film-class"]
     model = _model(config, perturb=True).eval()  # eval: dropout off
@@ -275,11 +294,12 @@ def _call(config_name, **changes):
 
 
 @pytest.mark.parametrize("name, changes, match", [
-    ("tiny", {"x": torch.randn(B, 1, 8, 8)}, r"x: expected a float tensor \(B, in_channels=3"),
-    ("tiny", {"x": torch.randn(B, 3, 8)}, "x: expected a float tensor"),
-    ("tiny", {"x": torch.zeros(B, 3, 8, 8, dtype=torch.long)}, "x: expected a float tensor"),
-    ("tiny", {"x": torch.randn(B, 3, 8, 7)}, "H=8 and W=7 must be multiples of 2"),
-    ("three-levels-no-attention", {"x": torch.randn(B, 3, 6, 8)}, "H=6 and W=8 must be multiples of 4"),
+    ("tiny", {"x": torch.randn(B, 1, 8, 8)}, r"x: expected a 4-D float tensor \(B, in_channels=3"),
+    ("tiny", {"x": torch.randn(B, 3, 8)}, "x: expected a 4-D float tensor"),
+    ("tiny", {"x": torch.zeros(B, 3, 8, 8, dtype=torch.long)}, "x: expected a 4-D float tensor"),
+    ("tiny", {"x": torch.randn(B, 3, 8, 7)}, "height 8 and width 7 must be multiples of 2"),
+    ("three-levels-no-attention", {"x": torch.randn(B, 3, 6, 8)},
+     r"height 6 and width 8 must be multiples of 2\*\*\(levels - 1\) = 4"),
     ("tiny", {"t": torch.zeros(B + 1)}, r"t: expected a number or a tensor shaped \(\) or \(B=2,\)"),
     ("tiny", {"t": None}, "t: expected"),
     ("tiny", {"cond": torch.zeros(B, dtype=torch.long)}, "cond: this model is unconditional"),
@@ -287,15 +307,17 @@ def _call(config_name, **changes):
     ("context-2-heads", {"cond": None}, "cond: this model needs a 'context'$"),
     ("film-class", {"cond": torch.tensor([0, N_CLASSES + 1])}, rf"class labels must lie in 0..{N_CLASSES}"),
     ("film-class", {"cond": torch.tensor([-1, 0])}, "class labels must lie in"),
-    ("film-class", {"cond": torch.zeros(B)}, "cond: expected class labels as an integer tensor"),
-    ("film-class", {"cond": {"context": torch.zeros(B, 3, 4)}}, "a context given, but this model has context_dim=None"),
-    ("context-2-heads", {"cond": torch.zeros(B, 3, CONTEXT_DIM + 1)}, r"context_dim=6\), got \(2, 3, 7\)"),
-    ("context-2-heads", {"cond": torch.zeros(B + 1, 3, CONTEXT_DIM)}, "cond: expected a float context"),
+    ("film-class", {"cond": torch.zeros(B)}, r"cond \(class labels\): expected a 1-D integer tensor"),
+    ("film-class", {"cond": {"context": torch.zeros(B, 3, 4)}},
+     r"this model needs class labels 'y'; .*; got the keys \['context'\]"),
+    ("context-2-heads", {"cond": torch.zeros(B, 3, CONTEXT_DIM + 1)}, r"context_dim=6\), got a tensor \(2, 3, 7\)"),
+    ("context-2-heads", {"cond": torch.zeros(B + 1, 3, CONTEXT_DIM)}, r"cond \(context\): expected a 3-D float tensor"),
     ("context-2-heads", {"cond": {"y": torch.zeros(B, dtype=torch.long), "context": torch.zeros(B, 3, CONTEXT_DIM)}},
-     "class labels given, but this model has num_classes=None"),
+     r"cond: this model needs a 'context'; got the keys \['context', 'y'\]"),
     ("class-and-context", {"cond": torch.zeros(B, dtype=torch.long)}, "pass {'y': labels, 'context': context}"),
-    ("class-and-context", {"cond": {"y": torch.zeros(B, dtype=torch.long)}}, "cond: expected a float context"),
-    ("class-and-context", {"cond": {"label": 0}}, "only have the keys 'y' and 'context'"),
+    ("class-and-context", {"cond": {"y": torch.zeros(B, dtype=torch.long)}},
+     r"needs class labels 'y' and a 'context'.*; got the keys \['y'\]"),
+    ("class-and-context", {"cond": {"label": 0}}, r"got the keys \['label'\]"),
 ])
 def test_bad_input_raises_a_clear_error(name, changes, match):
     with pytest.raises(ValueError, match=match):
@@ -303,19 +325,19 @@ def test_bad_input_raises_a_clear_error(name, changes, match):
 
 
 @pytest.mark.parametrize("changes, match", [
-    ({"base_channels": 0}, "base_channels: expected a positive int"),
+    ({"base_channels": 0}, "base_channels: expected an int >= 1"),
     ({"channel_mults": ()}, "channel_mults: expected a non-empty tuple"),
-    ({"channel_mults": (1, 0)}, "channel_mults: expected a positive int"),
+    ({"channel_mults": (1, 0)}, r"channel_mults: expected a non-empty tuple of positive ints, got \(1, 0\)"),
     ({"attention_levels": (2,)}, r"attention_levels: expected level indices in 0..1"),
-    ({"attention_levels": (1, 1)}, "attention_levels: repeated level"),
+    ({"attention_levels": (1, 1)}, "attention_levels: expected level indices in 0..1 once each"),
     ({"groups": 3}, r"groups: 3 must divide the channels of every level \(8, 16\)"),
     ({"n_heads": 3}, "n_heads: 3 must divide"),
-    ({"dropout": 1.0}, "dropout: expected a probability"),
-    ({"conditioning": "concat"}, "conditioning: expected 'add' or 'film'"),
-    ({"num_classes": 0}, "num_classes: expected a positive int or None"),
+    ({"dropout": 1.0}, r"dropout: expected a finite number in \[0, 1\)"),
+    ({"conditioning": "concat"}, r"conditioning: expected one of \('add', 'film'\)"),
+    ({"num_classes": 0}, "num_classes: expected an int >= 1 or None"),
     ({"context_dim": 4, "attention_levels": (), "bottleneck_attention": False}, "context_dim: cross-attention"),
     ({"skip_connections": "yes"}, "skip_connections: expected True or False"),
-    ({"blocks_per_level": 1.5}, "blocks_per_level: expected a positive int"),
+    ({"blocks_per_level": 1.5}, "blocks_per_level: expected an int >= 1"),
 ])
 def test_bad_config_raises_a_clear_error(changes, match):
     with pytest.raises(ValueError, match=match):

@@ -2,6 +2,8 @@
 map, 2D sin-cos positions against diffusers, model shapes, gradients, attention maps, bad input,
 the CNN baseline, and a tiny learning task."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,8 @@ def test_patch_size_errors_name_both_numbers():
         unpatchify(torch.zeros(1, 3, 48), 4, 8, 8)        # 3 tokens, but the grid holds 4
     with pytest.raises(ValueError, match="tokens"):
         unpatchify(torch.zeros(1, 4, 47), 4, 8, 8)        # 47 is not C * 16
+    with pytest.raises(ValueError, match="the image size: expected ints >= 1, got 0x8"):
+        unpatchify(torch.zeros(1, 0, 48), 4, 0, 8)
 
 
 def test_patch_embed_is_patchify_then_one_linear_map():
@@ -170,15 +174,52 @@ def test_determinism_and_generator():
     assert torch.equal(state, torch.random.get_rng_state())  # building never touches the global stream
 
 
+def _fan_in_uniform(weight: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    bound = 1 / math.sqrt(weight[0].numel())
+    return torch.empty_like(weight).uniform_(-bound, bound, generator=g)
+
+
+def test_initial_weights_redrawn_by_hand():
+    """ViT: the MAE init in module order (Xavier for linear maps and the patch conv, PyTorch's
+    default for the conv stem's weights, zero biases), then the class token and positions.
+    SmallCNN: PyTorch's default for every conv and the head, weight then bias."""
+    model, g = ViT(ViTConfig.tiny(stem="conv"), generator=_gen(4)), _gen(4)
+    expected = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            expected[name + ".weight"] = torch.nn.init.xavier_uniform_(torch.empty_like(m.weight), generator=g)
+        elif isinstance(m, PatchEmbed):
+            w = torch.empty_like(m.proj.weight)
+            torch.nn.init.xavier_uniform_(w.view(w.shape[0], -1), generator=g)
+            expected[name + ".proj.weight"] = w
+        elif isinstance(m, torch.nn.Conv2d) and m.kernel_size != m.stride:
+            expected[name + ".weight"] = _fan_in_uniform(m.weight, g)
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            expected[name + ".bias"] = torch.zeros_like(m.bias)
+    expected["cls_token"] = torch.empty_like(model.cls_token).normal_(0, 0.02, generator=g)
+    expected["pos_embed"] = torch.nn.init.trunc_normal_(torch.empty_like(model.pos_embed), std=0.02, a=-0.04,
+                                                        b=0.04, generator=g)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+    cnn, g = SmallCNN(3, 30, 8, generator=_gen(5)), _gen(5)
+    layers = [m for m in (*cnn.features, cnn.head) if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    drawn = [_fan_in_uniform(m.weight, g) for m in layers]
+    bound = 1 / math.sqrt(cnn.head.weight[0].numel())
+    drawn.append(torch.empty_like(cnn.head.bias).uniform_(-bound, bound, generator=g))
+    assert all(torch.equal(a, b) for a, b in zip([m.weight for m in layers] + [cnn.head.bias], drawn))
+
+
 def test_image_size_must_match_the_config():
     # A 32-pixel model given 16-pixel images: its learned positions are a table for an 8x8 grid.
     model = ViT(ViTConfig.shapeworld(), generator=_gen())
-    message = r"images: expected 32x32 images, the config's image_size, got 16x16 \(shape \(2, 3, 16, 16\)\)"
+    message = (r"images: expected a 4-D float tensor \(B, C, Hh=32, Ww=32\), got a tensor \(2, 3, 16, 16\) float32; "
+               r"Hh, Ww: the config's image_size \(other sizes need dynamic_image_size=True\)")
     with pytest.raises(ValueError, match=message):
         model(_images(H=16, W=16))
     with pytest.raises(ValueError, match=message):
         model.cls_attention(_images(H=16, W=16))
-    with pytest.raises(ValueError, match="expected 8x12 images, the config's image_size, got 12x8"):
+    with pytest.raises(ValueError, match=r"\(B, C, Hh=8, Ww=12\), got a tensor \(2, 3, 12, 8\) float32; Hh, Ww: the config"):
         ViT(ViTConfig.tiny(image_size=(8, 12), patch_size=2))(_images(H=12, W=8))
     assert model(_images(H=32, W=32)).shape == (B, 30)
     # Opting in resamples the positions instead (test_other_image_sizes); p must still divide the image.
@@ -190,7 +231,7 @@ def test_image_size_must_match_the_config():
 
 def test_bad_inputs_and_configs():
     model = ViT(ViTConfig.tiny())
-    with pytest.raises(ValueError, match="3 channels"):
+    with pytest.raises(ValueError, match=r"\(B, C=3, Hh, Ww\)"):
         model(torch.zeros(1, 1, 16, 16))
     with pytest.raises(ValueError, match="image_size"):
         model(torch.zeros(1, 3, 16, 18))
@@ -222,7 +263,7 @@ def test_small_cnn_and_matching_width():
     counts = [SmallCNN.count_parameters(3, 30, w) for w in (width - 1, width, width + 1)]
     assert abs(counts[1] - target) <= min(abs(counts[0] - target), abs(counts[2] - target))
     assert abs(counts[1] - target) / target < 0.05
-    with pytest.raises(ValueError, match="3 channels"):
+    with pytest.raises(ValueError, match=r"\(B, C=3, Hh, Ww\)"):
         cnn(torch.zeros(1, 1, 8, 8))
 
 

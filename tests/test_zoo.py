@@ -56,11 +56,11 @@ def test_judge_init_is_fixed_by_the_generator_and_leaves_the_global_rng_alone():
 
 def test_judge_rejects_bad_input():
     model = Judge(JudgeConfig.tiny(), generator=make_generator(0))
-    with pytest.raises(ValueError, match=r"images: expected shape \(B, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"images: expected a 4-D float tensor \(B, 3, 32, 32\)"):
         model(torch.rand(2, 1, 32, 32))
     with pytest.raises(ValueError, match="images"):
         model(torch.rand(3, 32, 32))
-    with pytest.raises(ValueError, match="images: expected a float"):
+    with pytest.raises(ValueError, match="images: expected a 4-D float tensor"):
         model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         model.features(torch.full((2, 3, 32, 32), 1.5))
@@ -128,6 +128,31 @@ def test_shipped_manifest_is_complete():
     assert metrics["test_accuracy_shape_and_colour"] >= ACCURACY_BAR
     assert metrics["reference_fid"] > 0 and metrics["reference_fid_images"] > 0
     assert JudgeConfig.from_dict(meta["config"]["model"]) == JudgeConfig.small()
+
+
+# ------------------------------------------------------------------------------ the registry
+
+# The modules of the course's networks and recipes: importing the zoo must load none of them.
+MODEL_MODULES = ("attention", "transformer", "vit", "unet", "diffusion", "ddpm2d", "ddpm_images", "judge",
+                 "denoising", "classification", "embeddings")
+
+
+def test_importing_the_zoo_loads_no_model_module():
+    from handbook.course.layout import modules_loaded_by
+
+    loaded = modules_loaded_by("handbook.zoo")  # in a fresh interpreter
+    assert "handbook.zoo" in loaded
+    assert not {f"handbook.{name}" for name in MODEL_MODULES} & set(loaded), loaded
+
+
+def test_entry_defaults_are_those_of_its_trainer():
+    from handbook import ddpm_images
+
+    judge_entry, ddpm_entry = zoo.REGISTRY["judge"], zoo.REGISTRY[ddpm_images.NAME]
+    assert (judge_entry.seed, judge_entry.steps) == (0, judge_module.DEFAULT_STEPS) == (0, 800)
+    assert (ddpm_entry.seed, ddpm_entry.steps) == (0, ddpm_images.DEFAULT_STEPS) == (0, 8000)
+    assert judge_entry.command() == "python -m handbook.zoo train judge --seed 0 --steps 800"
+    assert [entry.name for entry in zoo.SHIPPED] == list(zoo.REGISTRY)[: len(zoo.SHIPPED)]
 
 
 # --------------------------------------------------------------------------------------- errors

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_choice, check_int, check_real
+from handbook import checks
+
 from .geometry import SHAPES, SIZES
 from .render import COLOURS, ELEVATION_LIMIT_DEGREES
 
@@ -47,7 +48,7 @@ MAX_CAPTION_TOKENS = 2 + _NOUN_PHRASE_WORDS + len(VIEW_PREFIX) + max(len(v.split
 
 def view_of(elevation_degrees: float) -> str:
     """The view phrase ("above", "the side" or "below") for a camera elevation in degrees."""
-    elevation = check_real("elevation_degrees", elevation_degrees, -ELEVATION_LIMIT_DEGREES, ELEVATION_LIMIT_DEGREES)
+    elevation = checks.real("elevation_degrees", elevation_degrees, -ELEVATION_LIMIT_DEGREES, ELEVATION_LIMIT_DEGREES)
     if elevation >= ABOVE_FROM_ELEVATION:
         return "above"
     if elevation <= BELOW_FROM_ELEVATION:
@@ -57,13 +58,13 @@ def view_of(elevation_degrees: float) -> str:
 
 def caption(shape: str, colour: str, size: str, view: str | None = None) -> str:
     """The caption of an object, e.g. "a large red cube" or "a large red cube seen from above"."""
-    check_choice("shape", shape, SHAPES)
-    check_choice("colour", colour, COLOURS)
-    check_choice("size", size, SIZES)
+    checks.choice("shape", shape, SHAPES)
+    checks.choice("colour", colour, COLOURS)
+    checks.choice("size", size, SIZES)
     text = f"{ARTICLE} {size} {colour} {shape}"
     if view is None:
         return text
-    check_choice("view", view, VIEWS)
+    checks.choice("view", view, VIEWS)
     return f"{text} {' '.join(VIEW_PREFIX)} {view}"
 
 
@@ -143,7 +144,7 @@ class CaptionTokenizer:
         longest = max((len(row) for row in rows), default=0)
         if length is None:
             length = longest
-        elif check_int("length", length, 0) < longest:
+        elif checks.positive_int("length", length, 0) < longest:
             raise ValueError(f"length: expected at least {longest} (the longest encoded text), got {length}")
         batch = torch.full((len(rows), length), self.pad_id, dtype=torch.long)          # (B, L)
         for i, row in enumerate(rows):

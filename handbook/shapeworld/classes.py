@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_choice
+from handbook import checks
+
 from .geometry import SHAPES
 from .render import COLOURS
 
@@ -21,9 +22,9 @@ NUM_CLASSES = NUM_SHAPES * NUM_COLOURS     # 30
 def class_of(shape, colour):
     """The class of a shape and a colour: names ("cube", "green") or indices (ints or tensors)."""
     if isinstance(shape, str):
-        shape = check_choice("shape", shape, SHAPES)
+        shape = checks.choice("shape", shape, SHAPES)
     if isinstance(colour, str):
-        colour = check_choice("colour", colour, COLOURS)
+        colour = checks.choice("colour", colour, COLOURS)
     return shape * NUM_COLOURS + colour
 
 

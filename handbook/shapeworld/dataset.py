@@ -30,7 +30,8 @@ import safetensors.torch
 import torch
 from torch.utils.data import Dataset
 
-from ._checks import check_choice, check_int
+from handbook import checks
+
 from .captions import caption, view_of
 from .classes import class_of
 from .geometry import SHAPES, SIZES
@@ -132,7 +133,7 @@ def _decode(keys: torch.Tensor) -> list[torch.Tensor]:
 
 def sample_scenes(split: str, n: int, generator: torch.Generator) -> dict:
     """Draw n scene keys of ``split`` uniformly (rejection sampling) -> dict of (n,) tensors."""
-    split_index = check_choice("split", split, SPLITS)
+    split_index = checks.choice("split", split, SPLITS)
     keep_fraction = SPLIT_PERCENT[split_index] / 100
     found, count = [], 0
     while count < n:
@@ -248,9 +249,9 @@ def load_images(split: str = "train", n: int = 10_000, resolution: int = 32, see
     Cached in memory (the same call returns the same object: do not modify it in place) and on
     disk. Different seeds draw different scenes of the same split.
     """
-    check_choice("split", split, SPLITS)
-    check_int("n", n, 0)
-    check_int("resolution", resolution, 1)
+    checks.choice("split", split, SPLITS)
+    checks.positive_int("n", n, 0)
+    checks.positive_int("resolution", resolution, 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: expected an int, got {seed!r}")
     meta = dict(data_version=DATA_VERSION, split=split, n=n, resolution=resolution, seed=seed)

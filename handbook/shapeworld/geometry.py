@@ -23,7 +23,8 @@ import math
 
 import torch
 
-from ._checks import check_choice
+from handbook import checks
+
 from ._threads import one_thread
 
 SHAPES = ("sphere", "cube", "cylinder", "cone", "torus")
@@ -59,8 +60,8 @@ BOUNDING_RADIUS = {
 
 def bounding_radius(shape: str, size: str) -> float:
     """Radius of the smallest sphere around the origin that contains the object."""
-    check_choice("shape", shape, SHAPES)
-    check_choice("size", size, SIZES)
+    checks.choice("shape", shape, SHAPES)
+    checks.choice("size", size, SIZES)
     return BOUNDING_RADIUS[shape] * SIZE_SCALE[size]
 
 
@@ -143,8 +144,8 @@ def _check_points(points: object) -> torch.Tensor:
 
 def signed_distance(points: torch.Tensor, shape: str, size: str) -> torch.Tensor:
     """Exact signed distance from ``points`` (..., 3) to the object, negative inside -> (...)."""
-    check_choice("shape", shape, SHAPES)
-    check_choice("size", size, SIZES)
+    checks.choice("shape", shape, SHAPES)
+    checks.choice("size", size, SIZES)
     points = _check_points(points)
     scale = SIZE_SCALE[size]
     with one_thread():

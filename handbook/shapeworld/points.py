@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_choice, check_int, check_real
+from handbook import checks
 
 OUTLINES = ("circle", "square", "triangle", "star", "heart")
 
@@ -74,7 +74,7 @@ def outline_polygon(outline: str) -> torch.Tensor:
 
     The circle comes as a fine polygon (for plotting); its points are drawn on the exact circle.
     """
-    check_choice("outline", outline, OUTLINES)
+    checks.choice("outline", outline, OUTLINES)
     return _polygon(outline).float()
 
 
@@ -95,9 +95,9 @@ def outline_points(n: int, outline: str = "circle", noise: float = 0.0,
 
     Pass a seeded ``generator`` for reproducible points; None draws from PyTorch's global one.
     """
-    check_int("n", n, 0)
-    check_choice("outline", outline, OUTLINES)
-    noise = check_real("noise", noise, low=0.0)
+    checks.positive_int("n", n, 0)
+    checks.choice("outline", outline, OUTLINES)
+    noise = checks.real("noise", noise, low=0.0)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     if outline == "circle":
@@ -118,11 +118,11 @@ def load_points(n: int, outlines: Sequence[str] = OUTLINES, noise: float = 0.0, 
     Each point's outline is drawn uniformly from ``outlines``; the same arguments always give
     the same tensors.
     """
-    check_int("n", n, 0)
+    checks.positive_int("n", n, 0)
     if isinstance(outlines, str) or not isinstance(outlines, Sequence) or len(outlines) == 0:
         raise ValueError(f"outlines: expected a non-empty sequence of names from {OUTLINES}, got {outlines!r}")
-    label_of = torch.tensor([check_choice("outlines", name, OUTLINES) for name in outlines])
-    noise = check_real("noise", noise, low=0.0)
+    label_of = torch.tensor([checks.choice("outlines", name, OUTLINES) for name in outlines])
+    noise = checks.real("noise", noise, low=0.0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: expected an int, got {seed!r}")
     generator = torch.Generator().manual_seed(seed)

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
+from handbook import checks
+
 from . import geometry as geo
-from ._checks import check_choice, check_int, check_real
 from ._threads import one_thread
 from .intersect import INTERSECT, NORMAL
 
@@ -134,12 +135,12 @@ def camera_rays(azimuth: float = 30.0, elevation: float = 20.0, distance: float 
 
     A pixel (i, j) sees the point ``origin + depth[i, j] * directions[i, j]``.
     """
-    azimuth = check_real("azimuth", azimuth)
-    elevation = check_real("elevation", elevation, -ELEVATION_LIMIT_DEGREES, ELEVATION_LIMIT_DEGREES)
-    distance = check_real("distance", distance)
+    azimuth = checks.real("azimuth", azimuth)
+    elevation = checks.real("elevation", elevation, -ELEVATION_LIMIT_DEGREES, ELEVATION_LIMIT_DEGREES)
+    distance = checks.real("distance", distance)
     if distance <= 0:
         raise ValueError(f"distance: expected a positive distance from the origin, got {distance}")
-    check_int("resolution", resolution, 1)
+    checks.positive_int("resolution", resolution, 1)
     eye, rotation = camera_frames(torch.tensor([azimuth]), torch.tensor([elevation]), torch.tensor([distance]))
     directions = torch.stack(_ray_directions(_pixel_directions(resolution), rotation), dim=-1)  # (1, H*W, 3)
     return eye[0], directions.reshape(resolution, resolution, 3)                          # (H, W, 3)
@@ -188,7 +189,7 @@ def render_batch(shape_idx, colour_idx, size_idx, azimuth, elevation, distance=N
     if distance is None or (isinstance(distance, (int, float)) and not isinstance(distance, bool)):
         distance = torch.full((B,), DEFAULT_DISTANCE if distance is None else float(distance))
     distance = _as_vector("distance", distance, B, integer=False)
-    check_int("resolution", resolution, 1)
+    checks.positive_int("resolution", resolution, 1)
     for name, indices, choices in (("shape_idx", shape_idx, geo.SHAPES), ("colour_idx", colour_idx, COLOURS),
                                    ("size_idx", size_idx, geo.SIZES)):
         _check_indices(name, indices, choices)
@@ -249,12 +250,12 @@ def render(shape: str, colour: str, size: str, azimuth: float = 30.0, elevation:
            distance: float = DEFAULT_DISTANCE, resolution: int = 32) -> Render:
     """Render one object: image (3, H, W), mask (H, W) and depth (H, W)."""
     batch = render_batch(
-        torch.tensor([check_choice("shape", shape, geo.SHAPES)]),
-        torch.tensor([check_choice("colour", colour, COLOURS)]),
-        torch.tensor([check_choice("size", size, geo.SIZES)]),
-        torch.tensor([check_real("azimuth", azimuth)]),
-        torch.tensor([check_real("elevation", elevation, -ELEVATION_LIMIT_DEGREES, ELEVATION_LIMIT_DEGREES)]),
-        torch.tensor([check_real("distance", distance)]),
+        torch.tensor([checks.choice("shape", shape, geo.SHAPES)]),
+        torch.tensor([checks.choice("colour", colour, COLOURS)]),
+        torch.tensor([checks.choice("size", size, geo.SIZES)]),
+        torch.tensor([checks.real("azimuth", azimuth)]),
+        torch.tensor([checks.real("elevation", elevation, -ELEVATION_LIMIT_DEGREES, ELEVATION_LIMIT_DEGREES)]),
+        torch.tensor([checks.real("distance", distance)]),
         resolution=resolution,
     )
     return Render(image=batch.images[0], mask=batch.masks[0, 0], depth=batch.depth[0, 0])
@@ -262,8 +263,8 @@ def render(shape: str, colour: str, size: str, azimuth: float = 30.0, elevation:
 
 def measure_images_per_second(n: int = 2048, resolution: int = 32, repeats: int = 5) -> float:
     """Median rendering speed of ``render_batch`` over a mixed batch of ``n`` scenes (images/s)."""
-    check_int("n", n, 1)
-    check_int("repeats", repeats, 1)
+    checks.positive_int("n", n, 1)
+    checks.positive_int("repeats", repeats, 1)
     generator = torch.Generator().manual_seed(0)
     scenes = (
         torch.arange(n) % len(geo.SHAPES),

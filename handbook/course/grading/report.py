@@ -155,7 +155,7 @@ def assemble(solution: Solution, submission: Submission, results: list[dict] | N
             row.message = _with_notes(row.message, submission, q.answer_ids + (q.grade_id,))
         elif is_unanswered(submission, solution, q.grade_id):
             row.status = "missing"
-            row.message = _with_notes("not answered", submission, (q.grade_id,))
+            row.message = _with_notes("not answered", submission, q.answer_ids + (q.grade_id,))
         else:
             mark = marks.get(key + (q.grade_id,))
             row.status, row.points = "manual", None
@@ -401,14 +401,15 @@ def _question_html(g: Graded, row: Row) -> str:
                       f"{e(q.grade_id)}, and they count toward its {e(format_points(q.max_points))} point(s); "
                       "their code is not shown.")
         out.append(f'<p class="note">{about}</p>')
-        for answer_id in q.answer_ids:
-            if answer_id in g.submission.answers:
-                out.append(f"<h3>Your code ({e(answer_id)})</h3>"
-                           + _pre(clean_text(g.submission.answers[answer_id], MAX_ANSWER_CHARS)))
     else:
         out.append('<p class="note">A written answer, graded by hand.</p>')
         if row.question in g.submission.written:
             out.append("<h3>Your answer</h3>" + _pre(_answer_cell(g.submission, row.question)))
+    for answer_id in q.answer_ids:   # a check's functions, or the experiment a written answer reads
+        if answer_id in g.submission.answers:
+            title = "Your code" if q.kind == "auto" else "Your experiment"
+            out.append(f"<h3>{title} ({e(answer_id)})</h3>"
+                       + _pre(clean_text(g.submission.answers[answer_id], MAX_ANSWER_CHARS)))
     if row.message:
         out.append("<h3>Result</h3>" + _pre(row.message))
     out.append("</section>")

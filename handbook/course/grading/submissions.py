@@ -56,8 +56,10 @@ class Question:
     """One graded cell of a solution notebook: a row of the gradebook.
 
     ``kind`` is ``auto`` for a graded code cell (a check, scored by the checker) and ``manual``
-    for a graded written answer (scored by hand). ``answer_ids`` are the answer cells a check
-    exercises: those between the previous check and this one, shown next to it in the feedback.
+    for a graded written answer (scored by hand). ``answer_ids`` are the answer cells between the
+    previous graded cell and this one, shown next to it in the feedback: for a check, the functions
+    it exercises; for a written answer, the experiment it is read from (an exercise runs answer ->
+    check -> experiment -> written answer).
     """
 
     grade_id: str
@@ -143,7 +145,7 @@ def load_solution(path: str | Path) -> Solution:
     questions: list[Question] = []
     answer_ids: list[str] = []
     written_ids: list[str] = []
-    pending: list[str] = []  # answer cells seen since the last check
+    pending: list[str] = []  # answer cells seen since the last graded cell
     for cell in nb.cells:
         grade_id = nbgrader_meta(cell).get("grade_id")
         if cell.cell_type == "code" and is_solution_cell(cell):
@@ -154,10 +156,10 @@ def load_solution(path: str | Path) -> Solution:
         points = float(nbgrader_meta(cell)["points"])
         if cell.cell_type == "code":
             questions.append(Question(grade_id, "auto", points, BEGIN_HIDDEN in cell.source, tuple(pending)))
-            pending = []
         else:
-            questions.append(Question(grade_id, "manual", points))
+            questions.append(Question(grade_id, "manual", points, answer_ids=tuple(pending)))
             written_ids.append(grade_id)
+        pending = []
     # The checker gets plain JSON (sources as strings), never an nbformat object.
     plain = json.loads(json.dumps(nb))
     return Solution(path.stem, path.name, plain, questions, answer_ids, written_ids, handout)
