@@ -120,6 +120,23 @@ class TransformerBlock(nn.Module):
         return self.ln2(x + m if self.residual else m)
 
 
+@torch.no_grad()
+def collect_attention(model: nn.Module, blocks: nn.ModuleList, run) -> list[torch.Tensor]:
+    """The attention weights each of ``blocks`` keeps during ``run()`` (a forward pass that asks for
+    them), one (B, H, T, T) per block, with ``model`` in eval mode for the pass (no dropout) and
+    its mode restored after; the blocks forget them, so a batch's maps do not stay in the model.
+    GPT and ViT share it."""
+    was_training = model.training
+    model.eval()
+    try:
+        run()
+        return [block.last_attention for block in blocks]
+    finally:
+        model.train(was_training)
+        for block in blocks:
+            block.last_attention = None
+
+
 class GPT(nn.Module):
     """A decoder-only Transformer language model (Radford et al. 2018/2019; nanoGPT conventions).
 
@@ -218,18 +235,9 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T), ignore_index=ignore_index)
         return logits, loss
 
-    @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Attention weights of every layer (in eval mode) for one forward pass: n_layer (B, H, T, T)."""
-        was_training = self.training
-        self.eval()
-        try:
-            self.forward(idx, return_weights=True)
-            return [block.last_attention for block in self.blocks]
-        finally:
-            self.train(was_training)
-            for block in self.blocks:
-                block.last_attention = None  # do not keep a batch's maps alive in the model
+        return collect_attention(self, self.blocks, lambda: self.forward(idx, return_weights=True))
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -47,7 +47,7 @@ from torch import nn
 from handbook import checks
 from handbook.embeddings import sincos_2d_positional_embedding
 from handbook.initialisation import fan_in_uniform_
-from handbook.transformer import TransformerBlock
+from handbook.transformer import TransformerBlock, collect_attention
 
 LN_EPS = 1e-6            # LayerNorm epsilon of the ViT/MAE/DiT reference code (torch's default is 1e-5)
 INIT_STD = 0.02          # std of the class token and of learned positions (ViT, MAE)
@@ -117,12 +117,11 @@ class ConvStem(nn.Module):
         super().__init__()
         self.convs = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.GELU(),
                                    nn.Conv2d(channels, channels, 3, padding=1), nn.GELU())
-        self.in_channels = in_channels
         self.patch = PatchEmbed(channels, d_model, patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _, _, Hh, Ww = checks.tensor("images", images, "B C Hh Ww", C=self.in_channels)
-        _grid(self.patch.patch_size, Hh, Ww)         # before the convolutions, which keep the size
+        # A part of the ViT only: ViT.tokens has checked the images, and the patch embedding checks
+        # that p divides their size (the convolutions keep it).
         return self.patch(self.convs(images))        # (B, N, D)
 
 
@@ -301,18 +300,9 @@ class ViT(nn.Module):
         pooled = x[:, 0] if self.config.pool == "cls" else x[:, 1:].mean(dim=1)   # (B, D)
         return self.head(pooled)                                         # (B, num_classes)
 
-    @torch.no_grad()
     def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Attention weights of every layer (in eval mode): a list of n_layer (B, H, 1 + N, 1 + N)."""
-        was_training = self.training
-        self.eval()
-        try:
-            self.tokens(images, return_weights=True)
-            return [block.last_attention for block in self.blocks]
-        finally:
-            self.train(was_training)
-            for block in self.blocks:
-                block.last_attention = None  # do not keep a batch's maps alive in the model
+        return collect_attention(self, self.blocks, lambda: self.tokens(images, return_weights=True))
 
     def cls_attention(self, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """How much the class token attends to each patch, per head: (B, H, gh, gw)."""
