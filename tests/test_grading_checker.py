@@ -62,8 +62,12 @@ SOLVED = _answers(_load(SOLUTION))
 
 
 def _functions_only(grade_id: str) -> str:
-    """The solution's answer cell without its experiment (keeps the crafted runs short)."""
-    return SOLVED[grade_id].split("\n# Experiment")[0]
+    """The solution's answer cell: only its functions, since each experiment has a cell of its own.
+
+    Crafted submissions leave the experiment cells out, so those run as the handout's stub (which
+    raises at once) and the crafted runs stay short.
+    """
+    return SOLVED[grade_id]
 
 
 def _with(grade_id: str, function: str, body: str, prelude: str = "") -> str:

@@ -176,7 +176,8 @@ def test_each_broken_file_gets_its_status_and_message(tmp_path, solution, soluti
     for student, (_, status, message) in cases.items():
         assert got[student].status == status, (student, got[student].message)
         assert message in got[student].message, (student, got[student].message)
-    assert set(got["a_good"].answers) == {"ex1_kl_answer", "ex2_reparam_answer", "ex3_colour_answer"}
+    assert set(got["a_good"].answers) == {"ex1_kl_answer", "ex1_kl_experiment", "ex2_reparam_answer",
+                                          "ex2_reparam_experiment", "ex3_colour_answer", "ex3_colour_experiment"}
     assert set(got["a_good"].written) == {"ex1_kl_written", "ex2_reparam_written", "ex3_colour_written"}
     assert got["i_v3"].answers == got["a_good"].answers
     assert got["i_v3"].notes[""] == ["converted from nbformat version 3 to 4"]
@@ -186,6 +187,8 @@ def test_each_broken_file_gets_its_status_and_message(tmp_path, solution, soluti
 
 def test_answers_are_taken_by_grade_id_first_copy_wins(tmp_path, solution):
     nb = _notebook(solution)
+    # Only the answer cells of the functions: the experiment cells are left out (their absence is noted).
+    nb["cells"] = [c for c in nb["cells"] if not str(nbgrader_meta(c).get("grade_id")).endswith("_experiment")]
     first = _cell(nb, "ex1_kl_answer")
     copy_ = copy.deepcopy(first)
     copy_["source"] = "def kl_gaussians(*args):\n    return 0.0\n"
@@ -554,8 +557,6 @@ def test_command_is_registered():
 
 @pytest.mark.slow
 def test_end_to_end(tmp_path):
-    if not (ROOT / "handbook" / "grading" / "checker.py").exists():
-        pytest.skip("the checker is not there yet")
     subs = tmp_path / "subs"
     _put(subs, "alice", (SOLUTIONS / NB).read_bytes())
     _put(subs, "bob", (ROOT / "chapters" / NB).read_bytes())
@@ -573,3 +574,15 @@ def test_end_to_end(tmp_path):
     totals = {r["student"]: r for r in _read_csv(out / "totals.csv")}
     assert (totals["alice"]["points"], totals["bob"]["points"], totals["carol"]["points"]) == ("8", "0", "0")
     assert {r["status"] for r in carol.values()} == {"error"} and "corrupt JSON" in carol["ex1_kl_check"]["message"]
+
+
+def test_each_graded_cell_shows_the_answer_cells_of_its_own_exercise():
+    """answer -> check -> experiment -> written: a check shows the functions it exercises, a written
+    answer the experiment it is read from, and no cell is shown with the next exercise's check."""
+    from handbook.course.grading.submissions import load_solution
+
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
+        for q in load_solution(path).questions:
+            exercise = q.grade_id.rsplit("_", 1)[0]                 # "ex1_kl" of "ex1_kl_check"
+            expected = "answer" if q.kind == "auto" else "experiment"
+            assert q.answer_ids == (f"{exercise}_{expected}",), (path.name, q)
