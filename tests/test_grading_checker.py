@@ -35,9 +35,9 @@ SOLUTION = ROOT / "solutions" / "01_introduction.ipynb"
 STUDENT = ROOT / "chapters" / "01_introduction.ipynb"
 QUESTIONS = ["ex1_kl_check", "ex2_reparam_check", "ex3_colour_check"]
 # memory_mb is what the student's code gets on top of the ready kernel (chapter 1's own cells use
-# about 400 MB of it): 1.5 GB keeps the memory bomb's touched pages well inside its 4 s, even with
-# the other students' kernels busy beside it.
-LIMITS = {"notebook_seconds": 120, "cell_seconds": 30, "call_seconds": 4, "memory_mb": 1536}
+# about 400 MB of it, more with the CUDA build of torch: at 1.5 GB its ex3 check failed there):
+# 2 GB keeps the memory bomb's touched pages inside its 4 s.
+LIMITS = {"notebook_seconds": 120, "cell_seconds": 30, "call_seconds": 4, "memory_mb": 2048}
 
 
 def _load(path: Path) -> dict:
