@@ -238,6 +238,16 @@ def given(name: str, value: Any, why: str) -> Any:
     return value
 
 
+def item_or_batch(name: str, value: Any, batch_name: str, batch: Any, why: str) -> torch.Tensor:
+    """``value`` as a tensor shaped like ``batch`` (a tensor, batch first), given as one item
+    (``batch.shape[1:]``) or as a whole batch: the null condition of classifier-free guidance. Both are
+    needed here (``why``)."""
+    instance(batch_name, batch, torch.Tensor, f"a tensor (batch first) {why}")
+    value = torch.as_tensor(given(name, value, why), dtype=batch.dtype, device=batch.device)
+    choice(f"{name}'s shape", tuple(value.shape), (tuple(batch.shape[1:]), tuple(batch.shape)))
+    return value.expand_as(batch)
+
+
 def exclusive(why: str = "", **named: Any) -> None:
     """At most one of the ``named`` values is given (not None): ``exclusive(noise=noise, generator=generator)``;
     ``why`` says why, in the message."""

@@ -199,7 +199,7 @@ def eps_from_prediction(schedule: NoiseSchedule, x_t: torch.Tensor, t, output: t
         return predict_eps(schedule, x_t, t, output)
     if prediction == "v":
         return eps_from_v(schedule, x_t, t, output)
-    checks.same_shape(x_t=x_t, output=output)
+    checks.same_shape(x_t=x_t, model_output=output)
     return output
 
 
@@ -265,11 +265,7 @@ def training_loss(model: Callable, schedule: NoiseSchedule, x0: torch.Tensor, co
 
 def _batched_null(cond: Any, null_cond: Any) -> torch.Tensor:
     """null_cond expanded to cond's shape: it may be one item (cond.shape[1:]) or a whole batch."""
-    checks.instance("cond", cond, torch.Tensor, "a tensor (batch first) for classifier-free guidance")
-    checks.given("null_cond", null_cond, "for classifier-free guidance (e.g. the null class index)")
-    null = torch.as_tensor(null_cond, dtype=cond.dtype, device=cond.device)
-    checks.choice("null_cond's shape", tuple(null.shape), (tuple(cond.shape[1:]), tuple(cond.shape)))
-    return null.expand_as(cond)  # one null item for every sample, or one each already
+    return checks.item_or_batch("null_cond", null_cond, "cond", cond, "for classifier-free guidance")
 
 
 def _drop_cond(cond, null_cond, p: float, generator, B: int):
@@ -321,8 +317,7 @@ def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
     (timestep_spacing="leading", steps_offset=0). Step i goes from timesteps[i] to timesteps[i+1],
     and the last one to t_prev = -1 (alpha_bar = 1, the clean data).
     """
-    checks.positive_int("T", T)
-    checks.positive_int("steps", steps, maximum=T)
+    checks.positive_int("steps", steps, maximum=checks.positive_int("T", T))
     return (torch.arange(steps) * (T // steps)).flip(0)  # (steps,)
 
 
@@ -370,13 +365,11 @@ def _guided_eps(model, schedule, x, t: int, cond, null, guidance_scale, predicti
     x_in, t_in = x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B, ...), (B,)
     if guidance_scale is not None:  # the batch twice, with cond and with the null condition: (2B, ...)
         x_in, t_in, cond = torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([cond, null])
-    out = model(x_in, t_in, cond)
-    checks.same_shape(x_t=x_in, model_output=out)
+    eps = eps_from_prediction(schedule, x_in, t, model(x_in, t_in, cond), prediction)  # checks the output's shape
     if guidance_scale is not None:
-        out_cond, out_uncond = out.chunk(2)  # (B, ...) each
-        # Guidance is linear, so applying it before the eps conversion gives the same result.
-        out = classifier_free_guidance(out_uncond, out_cond, guidance_scale)
-    return eps_from_prediction(schedule, x, t, out, prediction)
+        eps_cond, eps_uncond = eps.chunk(2)  # (B, ...) each
+        eps = classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
+    return eps
 
 
 def _sampler_device(model, device):

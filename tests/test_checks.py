@@ -155,6 +155,20 @@ def test_given():
         checks.given("null_cond", None, "for guidance")
 
 
+def test_item_or_batch():
+    cond = torch.tensor([[1, 2], [3, 4], [5, 6]])  # (B=3, 2)
+    one = checks.item_or_batch("null_cond", [0, 0], "cond", cond, "for guidance")  # one item for all
+    assert one.shape == (3, 2) and one.dtype == cond.dtype and one.eq(0).all()
+    each = torch.arange(6).reshape(3, 2)
+    assert torch.equal(checks.item_or_batch("null_cond", each, "cond", cond, "for guidance"), each)
+    with pytest.raises(ValueError, match=r"cond: expected a tensor \(batch first\) for guidance"):
+        checks.item_or_batch("null_cond", 0, "cond", [1, 2], "for guidance")
+    with pytest.raises(ValueError, match=r"null_cond: required for guidance"):
+        checks.item_or_batch("null_cond", None, "cond", cond, "for guidance")
+    with pytest.raises(ValueError, match=r"null_cond's shape: expected one of"):
+        checks.item_or_batch("null_cond", [0, 0, 0], "cond", cond, "for guidance")
+
+
 def test_exclusive():
     checks.exclusive(noise=None, generator=None)
     checks.exclusive(noise=torch.zeros(1), generator=None)

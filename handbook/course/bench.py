@@ -114,8 +114,41 @@ def time_notebook(path: Path, timeout: int = 600) -> float:
                 os.environ["HANDBOOK_CACHE"] = previous
 
 
+def _fresh_import_torch_seconds() -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.perf_counter() - start
+
+
+def _figure_seconds(n: int = 10) -> float:
+    """Seconds to draw ``n`` four-panel line plots and save each as a PNG, as a notebook's figures are."""
+    import io
+
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    values = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0)).numpy()
+    start = time.perf_counter()
+    for _ in range(n):
+        fig, axes = plt.subplots(1, 4, figsize=(12, 3))
+        for ax, v in zip(axes, values):
+            ax.plot(v)
+        fig.savefig(io.BytesIO(), format="png")
+        plt.close(fig)
+    return time.perf_counter() - start
+
+
 def bench_notebooks(repeats: int) -> list[Result]:
-    results = []
+    # Two machine figures first: machines of the same "2 cores" differ up to 2x on notebooks (the same
+    # commit's chapter 1 took 10 s on one and 21 s on another), mostly in Python start-up and drawing,
+    # so these rows say how fast the machine was that measured the notebook rows below them.
+    results = [
+        result("machine.import_torch_seconds", [_fresh_import_torch_seconds() for _ in range(3)], "s", "",
+               "a fresh interpreter's `import torch`, median of 3: the start of every notebook and kernel"),
+        result("machine.figure_seconds", [_figure_seconds() for _ in range(3)], "s", "",
+               "10 four-panel matplotlib figures saved as PNG, median of 3"),
+    ]
     for folder, label in (("solutions", "notebook_seconds"), ("chapters", "student_notebook_seconds")):
         for path in sorted((ROOT / folder).glob("*.ipynb")):
             number = path.name[:2]
