@@ -11,6 +11,7 @@ What a student reads, one module per chapter model plus the shared parts every c
 - ``handbook.unet``        the U-Net; ``handbook.denoising`` chapter 4's denoiser (ch. 4)
 - ``handbook.diffusion``   noise schedules, DDPM/DDIM steps and samplers, guidance (ch. 5 on)
 - ``handbook.ddpm2d``, ``handbook.ddpm_images``  chapter 5's 2D and image diffusion models
+- ``handbook.dit``         the Diffusion Transformer; ``handbook.caption_encoder`` captions as vectors (ch. 6-7)
 - ``handbook.training``    a small trainer: explicit loop, progress bar, EMA, warm-up + cosine
 - ``handbook.checkpoints`` safetensors weights with a JSON manifest
 - ``handbook.zoo``         shipped checkpoints, loaded by name and re-trainable by one command

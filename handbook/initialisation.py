@@ -24,3 +24,17 @@ def fan_in_uniform_(layer: nn.Linear | nn.Conv2d, generator: torch.Generator | N
     nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
     if bias and layer.bias is not None:
         nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+
+@torch.no_grad()
+def xavier_uniform_linears_(module: nn.Module, generator: torch.Generator | None = None) -> None:
+    """Every ``nn.Linear`` inside ``module``: weights Xavier-uniform, U(+-sqrt(6 / (fan_in + fan_out))),
+    biases zero; and every ``nn.Embedding`` N(0, 0.02^2). DiT's basic init (and ViT's, in JAX), which
+    the Transformers of chapters 6 and 7 share."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight, generator=generator)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02, generator=generator)

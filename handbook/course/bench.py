@@ -341,9 +341,9 @@ def bench_ddpm(repeats: int) -> list[Result]:
     ]
 
 
-# The model files of chapters 2-5, whose input checks must leave the maths readable (issue: the
+# The model files of chapters 2-6, whose input checks must leave the maths readable (issue: the
 # package a student reads). See handbook/course/layout.py for how a check line is counted.
-MODEL_FILES = ("attention", "transformer", "vit", "unet", "diffusion")
+MODEL_FILES = ("attention", "transformer", "vit", "unet", "diffusion", "dit")
 CHECK_SHARE_BAR = 0.10
 
 
@@ -363,7 +363,7 @@ def bench_layout(repeats: int) -> list[Result]:
 
 
 MODELS_NOT_FOR_THE_ZOO = ("attention", "transformer", "vit", "unet", "diffusion", "ddpm2d", "ddpm_images",
-                          "judge", "denoising", "classification", "embeddings", "language")
+                          "judge", "denoising", "classification", "embeddings", "language", "dit", "caption_encoder")
 
 
 PARTS: dict[str, Callable[[int], list[Result]]] = {

@@ -16,7 +16,8 @@ The modules, one job each:
 - ``classes``   the 30 (shape, colour) classes: class_of, shape_and_colour, class_name
 """
 
-from .captions import MAX_CAPTION_TOKENS, VIEWS, CaptionTokenizer, caption, is_valid_caption, parse_caption, view_of
+from .captions import (MAX_CAPTION_TOKENS, NULL_CAPTION, VIEWS, CaptionTokenizer, caption, check_prompt, encode_prompts,
+                       is_valid_caption, parse_caption, view_of)
 from .classes import NUM_CLASSES, NUM_COLOURS, NUM_SHAPES, class_name, class_of, shape_and_colour
 from .dataset import SPLITS, ShapeWorldImages, load_images
 from .geometry import SHAPES, SIZE_SCALE, SIZES, bounding_radius, occupancy, signed_distance
@@ -39,7 +40,8 @@ __all__ = [
     "DEFAULT_DISTANCE", "BACKGROUND", "MAX_CAPTION_TOKENS",
     "signed_distance", "occupancy", "bounding_radius",
     "render", "render_batch", "Render", "RenderBatch", "camera_rays", "measure_images_per_second",
-    "view_of", "caption", "is_valid_caption", "parse_caption", "CaptionTokenizer",
+    "view_of", "caption", "is_valid_caption", "parse_caption", "CaptionTokenizer", "NULL_CAPTION", "check_prompt",
+    "encode_prompts",
     "outline_points", "outline_polygon", "load_points",
     "load_images", "ShapeWorldImages",
     "NUM_SHAPES", "NUM_COLOURS", "NUM_CLASSES", "class_of", "shape_and_colour", "class_name",

@@ -166,3 +166,29 @@ class CaptionTokenizer:
             if token_id not in (self.pad_id, self.bos_id):
                 words.append(self.vocab[token_id])
         return " ".join(words)
+
+
+NULL_CAPTION = ""  # the empty caption: the null condition of classifier-free guidance (chapters 6-8)
+
+
+def check_prompt(prompt: str) -> str:
+    """``prompt`` if it is a caption of the grammar (or "", the empty caption); else a ValueError that
+    names the first word the language does not know and lists the words it does."""
+    checks.instance("prompt", prompt, str, "a caption string")
+    words = _TOKENIZER.vocab[3:]                                 # the words, without the special tokens
+    unknown = [w for w in prompt.split() if w not in words]
+    if unknown:
+        raise ValueError(f"prompt {prompt!r}: unknown word {unknown[0]!r}; the words are {' '.join(words)}")
+    if prompt != NULL_CAPTION and not is_valid_caption(prompt):
+        raise ValueError(f"prompt {prompt!r}: expected 'a SIZE COLOUR SHAPE [seen from VIEW]' "
+                         f"(e.g. {caption('cube', 'red', 'large', 'above')!r})")
+    return prompt
+
+
+def encode_prompts(prompts: Sequence[str], length: int = MAX_CAPTION_TOKENS) -> torch.Tensor:
+    """Caption token ids (B, length) of prompts, each checked by ``check_prompt``, padded with <pad>."""
+    checks.items("prompts", prompts, str)
+    return _TOKENIZER.encode_batch([check_prompt(p) for p in prompts], length=length)
+
+
+_TOKENIZER = CaptionTokenizer()
