@@ -21,7 +21,6 @@ with guidance) and the ShapeWorld FID.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from handbook import diffusion, metrics, shapeworld, zoo
 from handbook.shapeworld import NUM_CLASSES, class_of, shape_and_colour
 from handbook.shapeworld._threads import one_thread
-from handbook.training import replace_config, train, warmup_cosine
+from handbook.training import mean_of_last, replace_config, train_with_warmup_cosine
 from handbook.unet import UNet, UNetConfig
 
 NAME = "ddpm_shapeworld"
@@ -152,32 +151,19 @@ def _train(config: TrainingConfig, seed: int, steps: int, progress: bool, evalua
                                        prediction=config.prediction, p_uncond=config.p_uncond,
                                        null_cond=NULL_CLASS)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, config.warmup, steps, config.final_lr_fraction))
-    history = train(model, loss_fn, next_batch, steps, optimizer=optimizer, scheduler=lr_schedule,
-                    ema_decay=config.ema_decay, grad_clip=config.grad_clip, progress=progress, desc=NAME)
-    ema_model = history.ema.module if history.ema is not None else model
-    ema_model.eval()
-    tail = history.losses[-100:]
-    metrics: dict[str, Any] = {"final_train_loss_avg100": sum(tail) / len(tail) if tail else None}
+    ema_model, history = train_with_warmup_cosine(
+        model, loss_fn, next_batch, steps, lr=config.lr, warmup=config.warmup,
+        final_lr_fraction=config.final_lr_fraction, ema_decay=config.ema_decay, grad_clip=config.grad_clip,
+        progress=progress, desc=NAME)
+    metrics: dict[str, Any] = {"final_train_loss_avg100": mean_of_last(history.losses, 100)}
     if evaluate_after and steps > 0:
         result = evaluate(ema_model, n=config.eval_images, sampler="ddim", steps=50,
                           guidance_scale=config.guidance_scale, seed=config.eval_seed, progress=progress)
         metrics.update({f"ddim50_{k}": v for k, v in result.items()})
         real = real_roundtrip_recognition(n=config.eval_images)   # the yardstick at the same n
         metrics.update({f"real_roundtrip_{k}": v for k, v in real.items() if k != "n"})
-    return {
-        "model": ema_model,
-        "history": history,          # the losses, for a live run's plot (not written to the manifest)
-        "seconds": history.seconds,
-        "steps": history.steps,
-        "metrics": metrics,
-        "config": {"model": ema_model.config.to_dict(), "training": dataclasses.asdict(config),
-                   "resolution": RESOLUTION, "schedule": "cosine", "T": T},
-        "data_seconds": data_seconds,
-        "torch_threads": config.threads,
-    }
+    return zoo.training_report(ema_model, history, metrics, config, data_seconds, config.threads,
+                               resolution=RESOLUTION, schedule="cosine", T=T)
 
 
 def balanced_classes(n: int) -> torch.Tensor:

@@ -244,3 +244,28 @@ def train(
     history.seconds = time.perf_counter() - start
     return history
 
+
+
+def train_with_warmup_cosine(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                             batches: Iterable[Any] | Callable[[int], Any], steps: int, *, lr: float, warmup: int,
+                             final_lr_fraction: float, ema_decay: float | None = None,
+                             grad_clip: float | None = None, progress: bool = True,
+                             desc: str = "train") -> tuple[nn.Module, History]:
+    """The recipe of the course's image diffusion models (chapters 5-7): AdamW without weight decay,
+    a linear warm-up over ``warmup`` steps then a half cosine down to ``lr * final_lr_fraction``,
+    optional EMA of the weights and gradient clipping. Returns (the EMA model, or the model when
+    there is no EMA, in eval mode; the history)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup, steps, final_lr_fraction))
+    history = train(model, loss_fn, batches, steps, optimizer=optimizer, scheduler=scheduler,
+                    ema_decay=ema_decay, grad_clip=grad_clip, progress=progress, desc=desc)
+    trained = history.ema.module if history.ema is not None else model
+    return trained.eval(), history
+
+
+def mean_of_last(losses: list[float], n: int = 100) -> float | None:
+    """The mean of the last ``n`` losses (fewer if the run was shorter), or None for no losses:
+    one step's loss is too noisy to compare runs by."""
+    tail = losses[-n:]
+    return sum(tail) / len(tail) if tail else None

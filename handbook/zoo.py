@@ -34,7 +34,7 @@ import inspect
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -153,6 +153,23 @@ def load(
     check_state_dict(model, state_dict, source=f"zoo entry {name!r}")
     model.load_state_dict(state_dict)
     return model.to(device if device is not None else "cpu").eval()
+
+
+def training_report(model: nn.Module, history: Any, metrics: dict[str, Any], training: Any, data_seconds: float,
+                    threads: int, **config: Any) -> dict[str, Any]:
+    """What a zoo trainer returns for ``train_entry`` to write: the trained model and its ``history``
+    (losses, steps, seconds), the ``metrics``, and the config: the model's ``config.to_dict()``, the
+    ``training`` dataclass, and the extras in ``config`` (resolution, schedule, ...)."""
+    return {
+        "model": model,
+        "history": history,          # the losses, for a live run's plot (not written to the manifest)
+        "seconds": history.seconds,
+        "steps": history.steps,
+        "metrics": metrics,
+        "config": {"model": model.config.to_dict(), "training": asdict(training), **config},
+        "data_seconds": data_seconds,
+        "torch_threads": threads,
+    }
 
 
 def train_entry(

@@ -198,3 +198,32 @@ def test_warmup_cosine_warms_up_linearly_then_decays_to_final():
     assert all(a >= b for a, b in zip(factors, factors[1:]))              # never rises after warm-up
     assert warmup_cosine(20, 4, 20, final=0.1) == pytest.approx(0.1)
     assert warmup_cosine(500, 4, 20, final=0.1) == pytest.approx(0.1)     # stays at final past total
+
+
+def test_train_with_warmup_cosine_is_adamw_with_the_factor_and_returns_the_ema_in_eval_mode():
+    from handbook.training import mean_of_last, train_with_warmup_cosine, warmup_cosine
+
+    x, y = torch.randn(32, 3, generator=make_generator(0)), torch.randn(32, 1, generator=make_generator(1))
+
+    def loss_fn(net, batch):
+        return ((net(batch[0]) - batch[1]) ** 2).mean()
+
+    def fresh():
+        torch.manual_seed(0)
+        return nn.Linear(3, 1)
+
+    model = fresh()
+    ema_model, history = train_with_warmup_cosine(model, loss_fn, lambda step: (x, y), 10, lr=0.1, warmup=3,
+                                                  final_lr_fraction=0.1, ema_decay=0.9, progress=False)
+    assert history.steps == 10 and ema_model is history.ema.module and not ema_model.training
+    # the same as spelling the recipe out: AdamW (no weight decay) stepped by LambdaLR(warmup_cosine)
+    by_hand = fresh()
+    optimizer = torch.optim.AdamW(by_hand.parameters(), lr=0.1, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, 3, 10, 0.1))
+    train(by_hand, loss_fn, lambda step: (x, y), 10, optimizer=optimizer, scheduler=scheduler, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), by_hand.parameters()))
+    plain, _ = train_with_warmup_cosine(fresh(), loss_fn, lambda step: (x, y), 2, lr=0.1, warmup=1,
+                                        final_lr_fraction=0.0, progress=False)
+    assert isinstance(plain, nn.Linear) and not plain.training                  # no EMA: the model itself
+    assert mean_of_last([1.0, 2.0, 3.0, 4.0], 2) == 3.5 and mean_of_last([5.0], 100) == 5.0
+    assert mean_of_last([], 100) is None
