@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from handbook import checks, diffusion, metrics, shapeworld, zoo
+from handbook import checks, diffusion, dit, metrics, shapeworld, zoo
 from handbook.dit import DiT, DiTConfig, generate
 from handbook.shapeworld import COLOURS, SHAPES, SIZES, VIEWS, caption, encode_prompts, parse_caption
 from handbook.shapeworld._threads import one_thread
@@ -36,7 +36,7 @@ NAME = "dit_shapeworld"
 RESOLUTION = 32
 T = 1000
 DEFAULT_STEPS = 6000
-DEFAULT_GUIDANCE = 3.0
+DEFAULT_GUIDANCE = dit.DEFAULT_GUIDANCE  # the sampler's default, one number for both
 EVAL_IMAGES = 180  # 60 shape x colour x size classes x 3 views, once each
 
 
