@@ -1,4 +1,4 @@
-"""The ShapeWorld judge: a small CNN that says which shape, colour and size an image shows.
+"""The ShapeWorld judge: a small CNN that says which shape, colour and size an image shows, and from where.
 
 Generative models need a referee. When a class-conditioned diffusion model is asked for "a red
 cube", we want a number for how often it delivers one, and a distance between the distribution of
@@ -6,7 +6,8 @@ its samples and that of real renders. The ImageNet world uses an Inception netwo
 (the Inception Score and FID, Heusel et al. 2017). ShapeWorld gets its own, trained in a couple of
 minutes on a CPU and shipped with the package (``handbook.zoo.load("judge")``):
 
-- ``forward(images)`` returns logits for the three labels (shape, colour, size), from which
+- ``forward(images)`` returns logits for the four labels (shape, colour, size and the view: seen
+  from above, the side or below, as the captions of chapters 6-8 say it), from which
   ``handbook.metrics.judge_accuracy`` measures how often a sample shows what was asked for;
 - ``features(images)`` returns the penultimate feature vector, whose mean and covariance
   ``handbook.metrics.shapeworld_fid`` compares between two image sets.
@@ -34,10 +35,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from handbook import checks, metrics, shapeworld
-from handbook.shapeworld import NUM_COLOURS, NUM_SHAPES, SIZES
+from handbook.shapeworld import NUM_COLOURS, NUM_SHAPES, SHAPES, SIZES, VIEWS
 from handbook.training import replace_config, train, warmup_cosine
 
 NUM_SIZES = len(SIZES)  # the label counts are ShapeWorld's: NUM_SHAPES = 5, NUM_COLOURS = 6, NUM_SIZES = 2
+NUM_VIEWS = len(VIEWS)  # 3: above, the side, below
+LABELS = ("shape", "colour", "size", "view")  # one head each
+# A sphere looks the same from every direction (and the light moves with the camera), so no
+# render of one says whether it was seen from above, the side or below: its view head can only
+# guess the prior (about 45% "above"). View accuracies are therefore also reported without them.
+VIEW_BLIND_SHAPES = ("sphere",)
+
 IN_CHANNELS = 3  # RGB
 # Pixels outside [0, 1] by more than this are rejected: the judge was trained on [0, 1] images
 # and its verdict on anything else means nothing.
@@ -126,12 +134,13 @@ class Judge(nn.Module):
         self.shape_head = nn.Linear(config.feature_dim, NUM_SHAPES)
         self.colour_head = nn.Linear(config.feature_dim, NUM_COLOURS)
         self.size_head = nn.Linear(config.feature_dim, NUM_SIZES)
+        self.view_head = nn.Linear(config.feature_dim, NUM_VIEWS)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """He-normal weights (He et al. 2015: keeps activation variance through ReLU-like layers),
         zero biases, drawn from ``generator`` so that a seed fixes the initial network."""
-        heads = (self.shape_head, self.colour_head, self.size_head)
+        heads = (self.shape_head, self.colour_head, self.size_head, self.view_head)
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 # The heads feed a softmax, not a SiLU, so they get the linear gain.
@@ -159,7 +168,7 @@ class Judge(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.features(images)  # (B, F)
-        return {"shape": self.shape_head(h), "colour": self.colour_head(h), "size": self.size_head(h)}
+        return {label: getattr(self, f"{label}_head")(h) for label in LABELS}  # each (B, classes)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -222,25 +231,30 @@ def augment(images: torch.Tensor, max_shift: int, max_noise: float, generator: t
     return images.clamp(0.0, 1.0)
 
 
+def shows_its_view(shape: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: which objects (shape indices into SHAPES) show their view at all (not spheres)."""
+    blind = torch.tensor([SHAPES.index(s) for s in VIEW_BLIND_SHAPES])
+    return ~torch.isin(shape, blind)
+
+
 def judge_loss(model: Judge, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The sum of the three cross-entropies: every head is one classification problem."""
+    """The sum of the four cross-entropies: every head is one classification problem."""
     logits = model(batch["images"])
-    return sum(F.cross_entropy(logits[k], batch[k]) for k in ("shape", "colour", "size"))
+    return sum(F.cross_entropy(logits[k], batch[k]) for k in LABELS)
 
 
 @torch.no_grad()
-def evaluate(
-    model: Judge, images: torch.Tensor, shape: torch.Tensor, colour: torch.Tensor, size: torch.Tensor
-) -> dict[str, float]:
-    """Test accuracies: each label, shape and colour jointly, and all three jointly."""
+def evaluate(model: Judge, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Test accuracies against ``labels`` (each of LABELS -> (N,) long): each label alone, shape and
+    colour jointly, and the object (shape, colour and size) jointly as ``all``; the view also
+    without the spheres, whose view no image can show (``VIEW_BLIND_SHAPES``)."""
     model.eval()
     chunks = [model.predict(chunk) for chunk in images.split(EVAL_BATCH_SIZE)]
-    pred = {k: torch.cat([c[k] for c in chunks]) for k in ("shape", "colour", "size")}  # each (N,)
-    ok = {"shape": pred["shape"] == shape, "colour": pred["colour"] == colour, "size": pred["size"] == size}
+    ok = {k: torch.cat([c[k] for c in chunks]) == labels[k] for k in LABELS}  # each (N,) bool
+    shows_view = shows_its_view(labels["shape"])
     return {
-        "shape": ok["shape"].float().mean().item(),
-        "colour": ok["colour"].float().mean().item(),
-        "size": ok["size"].float().mean().item(),
+        **{k: v.float().mean().item() for k, v in ok.items()},
+        "view_without_spheres": ok["view"][shows_view].float().mean().item(),
         "shape_and_colour": (ok["shape"] & ok["colour"]).float().mean().item(),
         "all": (ok["shape"] & ok["colour"] & ok["size"]).float().mean().item(),
     }
@@ -277,7 +291,7 @@ def train_judge(
         # Sampling with replacement from the generator: no epoch bookkeeping, same order per seed.
         idx = torch.randint(0, len(train_set.images), (config.batch_size,), generator=generator)
         images = augment(train_set.images[idx], config.max_shift, config.max_noise, generator)
-        labels = {k: getattr(train_set, k)[idx] for k in ("shape", "colour", "size")}  # each (B,)
+        labels = {k: getattr(train_set, k)[idx] for k in LABELS}  # each (B,)
         return {"images": images, **labels}  # images (B, 3, Hh, Ww)
 
     model = Judge(config.model, generator=generator)
@@ -290,10 +304,10 @@ def train_judge(
     model.eval()
 
     images = test_set.images[: config.n_test]
-    labels = [getattr(test_set, k)[: config.n_test] for k in ("shape", "colour", "size")]
-    test_metrics = evaluate(model, images, *labels)
+    labels = {k: getattr(test_set, k)[: config.n_test] for k in LABELS}
+    test_metrics = evaluate(model, images, labels)
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(config.eval_seed))
-    noisy_metrics = evaluate(model, (images + config.eval_noise_std * noise).clamp(0.0, 1.0), *labels)
+    noisy_metrics = evaluate(model, (images + config.eval_noise_std * noise).clamp(0.0, 1.0), labels)
     # Two disjoint halves of real test renders: the FID a perfect generator would score.
     fid_a, fid_b = test_set.images[: config.n_fid], test_set.images[config.n_fid : 2 * config.n_fid]
     reference_fid = metrics.shapeworld_fid(fid_a, fid_b, judge=model)

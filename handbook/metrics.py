@@ -94,9 +94,9 @@ def _run_judge(images: torch.Tensor, judge: nn.Module | None, fn: str, batch_siz
 def judge_predictions(
     images: torch.Tensor, judge: nn.Module | None = None, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> dict[str, torch.Tensor]:
-    """The judge's label indices for each image: dict shape/colour/size of (N,) long tensors (CPU)."""
+    """The judge's label indices for each image: dict shape/colour/size/view of (N,) long tensors (CPU)."""
     chunks = _run_judge(images, judge, "predict", batch_size)
-    return {k: torch.cat([c[k] for c in chunks]).cpu() for k in ("shape", "colour", "size")}
+    return {k: torch.cat([c[k] for c in chunks]).cpu() for k in chunks[0]}
 
 
 def judge_accuracy(

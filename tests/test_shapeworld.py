@@ -274,6 +274,11 @@ def test_view_of_thresholds_and_errors():
             sw.view_of(bad)
 
 
+def test_view_index_is_view_of_for_a_tensor_at_the_thresholds():
+    elevations = torch.tensor([-90.0, -10.0, -9.99, 0.0, 19.99, 20.0, 90.0])
+    assert [sw.VIEWS[i] for i in sw.view_index(elevations)] == [sw.view_of(float(e)) for e in elevations]
+
+
 def test_captions_valid_and_parse_round_trip():
     assert sw.caption("cube", "red", "large") == "a large red cube"
     assert sw.caption("torus", "blue", "small", "above") == "a small blue torus seen from above"
@@ -462,6 +467,7 @@ def test_load_images_captions_match_labels_and_tokenize(cache):
         assert parsed == dict(shape=sw.SHAPES[data.shape[i]], colour=sw.COLOURS[data.colour[i]],
                               size=sw.SIZES[data.size[i]], view=sw.view_of(float(data.elevation[i])))
         assert tok.decode(tok.encode(text)) == text
+        assert sw.VIEWS[data.view[i]] == parsed["view"]  # the view label says what the caption says
         views.add(parsed["view"])
     assert views == set(sw.VIEWS)
 

@@ -19,6 +19,9 @@ from handbook.judge import Judge, JudgeConfig, augment
 
 # The bar the shipped judge must clear on clean test renders (shape and colour jointly).
 ACCURACY_BAR = 0.98
+# The view (above, the side, below) on clean test renders of the shapes that show it: a sphere
+# looks the same from everywhere (judge.VIEW_BLIND_SHAPES), its view is a guess for anyone.
+VIEW_ACCURACY_BAR = 0.9
 FRESH_TEST_IMAGES = 500
 FRESH_TEST_SEED = 1  # not the seed the manifest's accuracies were measured with
 
@@ -30,6 +33,7 @@ def test_judge_label_counts_agree_with_shapeworld():
     assert judge_module.NUM_SHAPES == len(shapeworld.SHAPES)
     assert judge_module.NUM_COLOURS == len(shapeworld.COLOURS)
     assert judge_module.NUM_SIZES == len(shapeworld.SIZES)
+    assert judge_module.NUM_VIEWS == len(shapeworld.VIEWS)
 
 
 @pytest.mark.parametrize("config", [JudgeConfig.tiny(), JudgeConfig.small()])
@@ -37,7 +41,7 @@ def test_judge_shapes_and_every_parameter_gets_a_gradient(config):
     model = Judge(config, generator=make_generator(0))
     images = torch.rand(2, 3, 32, 32, generator=make_generator(1))
     out = model(images)
-    assert {k: tuple(v.shape) for k, v in out.items()} == {"shape": (2, 5), "colour": (2, 6), "size": (2, 2)}
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"shape": (2, 5), "colour": (2, 6), "size": (2, 2), "view": (2, 3)}
     assert model.features(images).shape == (2, config.feature_dim)
     sum(v.sum() for v in out.values()).backward()
     for name, p in model.named_parameters():
@@ -114,6 +118,8 @@ def test_shipped_judge_is_verified_in_eval_mode_and_accurate_on_fresh_renders():
         pred = model.predict(data.images)
     both = ((pred["shape"] == data.shape) & (pred["colour"] == data.colour)).float().mean().item()
     assert both >= ACCURACY_BAR
+    shows_view = judge_module.shows_its_view(data.shape)
+    assert (pred["view"] == data.view)[shows_view].float().mean().item() >= VIEW_ACCURACY_BAR
 
 
 def test_shipped_manifest_is_complete():
@@ -123,9 +129,10 @@ def test_shipped_manifest_is_complete():
     assert meta["command"] == zoo.REGISTRY["judge"].command(meta["seed"], meta["steps"])
     assert meta["steps"] > 0 and meta["seconds"] > 0 and meta["torch_threads"] >= 1
     metrics = meta["metrics"]
-    for key in ("shape", "colour", "size", "shape_and_colour"):
+    for key in ("shape", "colour", "size", "view", "shape_and_colour"):
         assert 0.0 <= metrics[f"test_accuracy_{key}"] <= 1.0
     assert metrics["test_accuracy_shape_and_colour"] >= ACCURACY_BAR
+    assert metrics["test_accuracy_view_without_spheres"] >= VIEW_ACCURACY_BAR
     assert metrics["reference_fid"] > 0 and metrics["reference_fid_images"] > 0
     assert JudgeConfig.from_dict(meta["config"]["model"]) == JudgeConfig.small()
 

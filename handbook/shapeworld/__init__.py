@@ -17,7 +17,7 @@ The modules, one job each:
 """
 
 from .captions import (MAX_CAPTION_TOKENS, NULL_CAPTION, VIEWS, CaptionTokenizer, caption, check_prompt, encode_prompts,
-                       is_valid_caption, parse_caption, view_of)
+                       is_valid_caption, parse_caption, view_index, view_of)
 from .classes import NUM_CLASSES, NUM_COLOURS, NUM_SHAPES, class_name, class_of, shape_and_colour
 from .dataset import SPLITS, ShapeWorldImages, load_images
 from .geometry import SHAPES, SIZE_SCALE, SIZES, bounding_radius, occupancy, signed_distance
@@ -40,7 +40,7 @@ __all__ = [
     "DEFAULT_DISTANCE", "BACKGROUND", "MAX_CAPTION_TOKENS",
     "signed_distance", "occupancy", "bounding_radius",
     "render", "render_batch", "Render", "RenderBatch", "camera_rays", "measure_images_per_second",
-    "view_of", "caption", "is_valid_caption", "parse_caption", "CaptionTokenizer", "NULL_CAPTION", "check_prompt",
+    "view_of", "view_index", "caption", "is_valid_caption", "parse_caption", "CaptionTokenizer", "NULL_CAPTION", "check_prompt",
     "encode_prompts",
     "outline_points", "outline_polygon", "load_points",
     "load_images", "ShapeWorldImages",

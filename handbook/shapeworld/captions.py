@@ -56,6 +56,14 @@ def view_of(elevation_degrees: float) -> str:
     return "the side"
 
 
+def view_index(elevation_degrees: torch.Tensor) -> torch.Tensor:
+    """``view_of`` for a tensor of elevations (degrees): (N,) long indices into VIEWS."""
+    elevation = torch.as_tensor(elevation_degrees)
+    above, below = elevation >= ABOVE_FROM_ELEVATION, elevation <= BELOW_FROM_ELEVATION
+    index = torch.full(elevation.shape, VIEWS.index("the side"), dtype=torch.long)
+    return index.masked_fill(above, VIEWS.index("above")).masked_fill(below, VIEWS.index("below"))
+
+
 def caption(shape: str, colour: str, size: str, view: str | None = None) -> str:
     """The caption of an object, e.g. "a large red cube" or "a large red cube seen from above"."""
     checks.choice("shape", shape, SHAPES)

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from handbook import checks
 
-from .captions import caption, view_of
+from .captions import caption, view_index, view_of
 from .classes import class_of
 from .geometry import SHAPES, SIZES
 from .render import COLOURS, DEFAULT_DISTANCE, render_batch
@@ -59,7 +59,8 @@ class ShapeWorldImages(Dataset):
     """Images (N, 3, H, W) in [0, 1] with their labels, camera poses and captions.
 
     Fields: images; shape, colour, size (N,) long indices into SHAPES, COLOURS, SIZES; azimuth,
-    elevation (degrees) and distance (N,) float32; captions, a list of N strings. ``dataset[i]``
+    elevation (degrees) and distance (N,) float32; captions, a list of N strings; ``view`` (N,)
+    long indices into VIEWS, read off the elevation as the captions are. ``dataset[i]``
     is a dict with one item of each: image, shape, colour, size, azimuth, elevation, distance,
     caption.
     """
@@ -82,6 +83,11 @@ class ShapeWorldImages(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = {name: getattr(self, name)[i] for name in _FIELDS}
         return {"image": self.images[i], **item, "caption": self.captions[i]}
+
+    @property
+    def view(self) -> torch.Tensor:
+        """The view of each image as an index into VIEWS (above, the side, below) -> (N,) long."""
+        return view_index(self.elevation)
 
     @property
     def class_index(self) -> torch.Tensor:
