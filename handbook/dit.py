@@ -95,8 +95,10 @@ class DiTConfig:
 
     @classmethod
     def shapeworld(cls, **overrides) -> DiTConfig:
-        """The shipped model: captions with views at 32x32, patches of 4 (64 tokens), adaLN-Zero."""
-        return cls(**{"input_size": 32, "patch_size": 4, "hidden_size": 192, "depth": 6, "n_heads": 4,
+        """The shipped model: captions with views at 32x32, patches of 4 (64 tokens), width 128, 4 blocks,
+        adaLN-Zero (1.7 M parameters, 0.47 s per training step of 64 on one core: 10,000 steps fit the
+        90-minute budget; width 192 and 6 blocks would be 1.3 s a step)."""
+        return cls(**{"input_size": 32, "patch_size": 4, "hidden_size": 128, "depth": 4, "n_heads": 4,
                       "conditioning": "adaln_zero", "condition": "caption", **overrides})
 
     @classmethod

@@ -104,6 +104,11 @@ SHIPPED = (
              "Chapter 5: class-conditional DDPM (U-Net, 24x24 ShapeWorld, 30 shape x colour classes, "
              "null class for classifier-free guidance, cosine schedule T=1000)",
              builder="handbook.ddpm_images:build", trainer="handbook.ddpm_images:train_model"),
+    ZooEntry("dit_shapeworld",
+             "Chapter 6: caption-conditioned Diffusion Transformer (adaLN-Zero, 32x32 ShapeWorld, patches of 4, "
+             "captions with views through the caption encoder, the empty caption for guidance, cosine schedule "
+             "T=1000); chapter 8's coarse prior",
+             builder="handbook.dit_images:build", trainer="handbook.dit_images:train_model"),
 )
 REGISTRY: dict[str, ZooEntry] = {entry.name: entry for entry in SHIPPED}
 
