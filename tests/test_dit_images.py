@@ -2,8 +2,8 @@
 
 import torch
 
-from handbook import dit_images, judge as judge_module
-from handbook.shapeworld import parse_caption
+from handbook import dit_images, metrics, shapeworld, judge as judge_module
+from handbook.shapeworld import VIEWS, parse_caption
 
 TINY = dict(hidden_size=32, depth=1, n_heads=2, caption_layers=1, frequency_dim=16, patch_size=8)
 
@@ -38,5 +38,22 @@ def test_a_short_run_trains_reports_and_samples_deterministically():
     assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
     judge = judge_module.Judge(judge_module.JudgeConfig()).eval()
     scores = dit_images.evaluate(report["model"], n=6, steps=2, fid_reference=16, judge=judge)
-    assert set(scores) == {"recognition", "shape", "colour", "size", "fid", "n", "seconds"}
+    assert set(scores) == {"recognition", "shape", "colour", "size", "view", "fid", "n", "seconds"}
     assert 0 <= scores["recognition"] <= min(scores["shape"], scores["colour"], scores["size"]) <= 1
+
+
+def test_the_real_render_yardstick_is_read_as_its_captions_say():
+    real = dit_images.real_reference(n=60, fid_reference=200)
+    assert real["recognition"] >= 0.95 and real["view"] >= 0.9 and real["n"] == 60
+    # real against real: only the bias of a 60-image FID, far below that of 60 noise images
+    reference = shapeworld.load_images("test", n=200, resolution=32, seed=0).images
+    noise = torch.rand(60, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert 0 < real["fid"] < 0.5 * metrics.shapeworld_fid(noise, reference)
+
+
+def test_view_following_leaves_out_the_spheres():
+    # the first 12 balanced prompts are spheres (6 colours x 2 sizes), whose view no render shows
+    prompts = dit_images.balanced_prompts(13)
+    assert [parse_caption(p)["shape"] for p in prompts] == ["sphere"] * 12 + ["cube"]
+    labels = dit_images._labels_of(prompts)
+    assert labels["view"].tolist() == [VIEWS.index(parse_caption(p)["view"]) for p in prompts]
