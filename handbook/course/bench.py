@@ -3,6 +3,8 @@
     python -m handbook bench                       every part, then write the table
     python -m handbook bench --only judge          one part (the others keep their last figures)
 
+A few notebooks alone: ``merge([bench_notebook(path, 3) for path in paths])``.
+
 Writes ``benchmarks/results.json`` (a list of {"name", "value", "unit", "bar", "meets", ...}) and
 ``benchmarks/RESULTS.md`` (the same as a table). Figures are medians over ``--repeats`` runs,
 because the machine is shared and noisy; tests never assert timings, this table does.
@@ -149,14 +151,27 @@ def bench_notebooks(repeats: int) -> list[Result]:
         result("machine.figure_seconds", [_figure_seconds() for _ in range(3)], "s", "",
                "10 four-panel matplotlib figures saved as PNG, median of 3"),
     ]
-    for folder, label in (("solutions", "notebook_seconds"), ("chapters", "student_notebook_seconds")):
-        for path in sorted((ROOT / folder).glob("*.ipynb")):
-            number = path.name[:2]
-            bar = NOTEBOOK_SECONDS_BAR.get(number, DEFAULT_NOTEBOOK_SECONDS_BAR)
-            samples = [time_notebook(path) for _ in range(repeats)]
-            results.append(result(f"ch{int(number)}.{label}", samples, "s", f"<= {bar:g}",
-                                  f"{folder}/{path.name} run top to bottom with nbclient, empty data cache, median of {repeats}"))
+    for folder in NOTEBOOK_FOLDERS:
+        results += [bench_notebook(path, repeats) for path in sorted((ROOT / folder).glob("*.ipynb"))]
     return results
+
+
+# The row of a notebook says which version ran: the solutions or the students' notebooks.
+NOTEBOOK_FOLDERS = {"solutions": "notebook_seconds", "chapters": "student_notebook_seconds"}
+
+
+def bench_notebook(path: Path, repeats: int) -> Result:
+    """One notebook's row (``ch3.notebook_seconds``, ...): the median of ``repeats`` runs of ``time_notebook``.
+
+    Also for re-measuring a few notebooks without the others, merged into the table by ``merge``."""
+    path = Path(path)
+    if path.parent.name not in NOTEBOOK_FOLDERS:
+        raise ValueError(f"path: expected a notebook in {sorted(NOTEBOOK_FOLDERS)}, got {str(path)!r}")
+    number, folder = path.name[:2], path.parent.name
+    bar = NOTEBOOK_SECONDS_BAR.get(number, DEFAULT_NOTEBOOK_SECONDS_BAR)
+    samples = [time_notebook(path) for _ in range(repeats)]
+    return result(f"ch{int(number)}.{NOTEBOOK_FOLDERS[folder]}", samples, "s", f"<= {bar:g}",
+                  f"{folder}/{path.name} run top to bottom with nbclient, empty data cache, median of {repeats}")
 
 
 def bench_suite(repeats: int) -> list[Result]:
@@ -408,16 +423,25 @@ def write_tables(results: list[dict], out_dir: Path = OUT_DIR) -> None:
 
 def run(parts: list[str], repeats: int, out_dir: Path = OUT_DIR) -> list[dict]:
     """Run ``parts`` and merge their figures into the committed table (other parts are kept)."""
+    table = []
+    for part in parts:
+        table = merge(PARTS[part](repeats), out_dir, replace_part=part)
+    return table
+
+
+def merge(results: list[Result], out_dir: Path = OUT_DIR, replace_part: str | None = None) -> list[dict]:
+    """Merge fresh ``results`` into the committed table and rewrite it: rows of the same name are
+    replaced, and with ``replace_part`` every old row of that part too (a part's figures go together)."""
     path = out_dir / "results.json"
     table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
     stamp = {"date": date.today().isoformat(), "machine": machine_description()}
-    for part in parts:
-        fresh = [dict(asdict(r), **stamp) for r in PARTS[part](repeats)]
-        for r in fresh:
-            print(f"{r['name']:<40} {r['value']:>12g} {r['unit']:<10} bar {r['bar'] or '-':<10} "
-                  f"{'' if r['meets'] is None else ('meets' if r['meets'] else 'MISSES')}", flush=True)
-        names = {r["name"] for r in fresh}
-        table = [r for r in table if r["name"] not in names and not r["name"].startswith(part + ".")] + fresh
+    fresh = [dict(asdict(r), **stamp) for r in results]
+    for r in fresh:
+        print(f"{r['name']:<40} {r['value']:>12g} {r['unit']:<10} bar {r['bar'] or '-':<10} "
+              f"{'' if r['meets'] is None else ('meets' if r['meets'] else 'MISSES')}", flush=True)
+    names = {r["name"] for r in fresh}
+    stale = (lambda r: False) if replace_part is None else (lambda r: r["name"].startswith(replace_part + "."))
+    table = [r for r in table if r["name"] not in names and not stale(r)] + fresh
     order = {p: i for i, p in enumerate(PARTS)}
     table.sort(key=lambda r: (order.get(r["name"].split(".")[0], len(order)), r["name"]))
     write_tables(table, out_dir)
