@@ -125,6 +125,12 @@ SHIPPED = (
              "Chapter 5, exercise 4: classifier of noisy 2D points (which outline), for classifier guidance, "
              "linear schedule T=1000",
              builder="handbook.ddpm2d:build_classifier", trainer="handbook.ddpm2d:train_classifier_model"),
+    # Chapter 3's exercise 1 measures a ViT against these CNN baselines of the same size (200 steps each).
+    *(ZooEntry(f"data_hunger_cnn_{n}",
+               f"Chapter 3, exercise 1: SmallCNN baseline the size of ViTConfig.tiny(), trained on {n:,} "
+               "standardised 16x16 ShapeWorld renders (shape x colour, 30 classes)",
+               builder="handbook.classification:build_cnn", trainer=f"handbook.classification:train_hunger_cnn_{n}")
+      for n in (50, 250, 1250)),
 )
 REGISTRY: dict[str, ZooEntry] = {entry.name: entry for entry in SHIPPED}
 
