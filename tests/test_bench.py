@@ -65,3 +65,14 @@ def test_bench_notebook_names_its_row_by_chapter_and_version(monkeypatch):
     assert bench.bench_notebook(bench.ROOT / "solutions" / "01_introduction.ipynb", 1).bar == "<= 60"
     with pytest.raises(ValueError, match="path"):
         bench.bench_notebook(bench.ROOT / "elsewhere" / "03_x.ipynb", 1)
+
+
+def test_cli_times_only_the_notebooks_named(tmp_path, monkeypatch):
+    timed = []
+    monkeypatch.setattr(bench, "time_notebook", lambda path: timed.append(path.name) or 10.0)
+    monkeypatch.setattr(bench, "OUT_DIR", tmp_path)
+    monkeypatch.setattr(bench, "merge", lambda rows: timed.append([r.name for r in rows]))
+    assert bench.main(["--notebook", "solutions/05_ddpm.ipynb", "--repeats", "2"]) == 0
+    assert timed == ["05_ddpm.ipynb", "05_ddpm.ipynb", ["ch5.notebook_seconds"]]
+    with pytest.raises(SystemExit):
+        bench.main(["--notebook", "solutions/05_ddpm.ipynb", "--only", "judge"])

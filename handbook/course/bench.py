@@ -2,8 +2,8 @@
 
     python -m handbook bench                       every part, then write the table
     python -m handbook bench --only judge          one part (the others keep their last figures)
-
-A few notebooks alone: ``merge([bench_notebook(path, 3) for path in paths])``.
+    python -m handbook bench --notebook solutions/05_ddpm.ipynb
+                                                   one notebook's row (repeatable); the others keep theirs
 
 Writes ``benchmarks/results.json`` (a list of {"name", "value", "unit", "bar", "meets", ...}) and
 ``benchmarks/RESULTS.md`` (the same as a table). Figures are medians over ``--repeats`` runs,
@@ -453,10 +453,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(PARTS),
                         help="run only this part (repeatable); default: every part")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    parser.add_argument("--notebook", action="append", type=Path, metavar="PATH",
+                        help="time only this notebook (repeatable), e.g. solutions/05_ddpm.ipynb; its row is "
+                             "merged into the table, the other notebooks keep theirs")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats: expected a whole number >= 1")
-    run(args.only or list(PARTS), args.repeats)
+    if args.notebook and args.only:
+        parser.error("--notebook: a notebook's row is not a part; give --notebook or --only, not both")
+    if args.notebook:
+        merge([bench_notebook(ROOT / path if not path.is_absolute() else path, args.repeats) for path in args.notebook])
+    else:
+        run(args.only or list(PARTS), args.repeats)
     print(f"wrote {OUT_DIR / 'RESULTS.md'}")
     return 0
 
