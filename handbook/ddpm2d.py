@@ -24,18 +24,18 @@ gain nothing from a second thread, and on a busy machine waiting for it costs ma
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handbook import diffusion
+from handbook import diffusion, zoo
 from handbook.embeddings import timestep_embedding
 from handbook.shapeworld._threads import one_thread
 from handbook.shapeworld.points import OUTLINES, load_points, outline_polygon
-from handbook.training import train, warmup_cosine
+from handbook.training import mean_of_last, train, warmup_cosine
 
 # The 2D data of the chapter: the five outlines, with a little noise so that the data has a density.
 DATA_NOISE = 0.02
@@ -65,6 +65,9 @@ class MLPConfig:
     depth: int = 3
     frequency_dim: int = 32  # width of the sinusoidal timestep code
     num_classes: int | None = None  # labels 0..num_classes-1, plus num_classes = "null"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class MLPDenoiser(nn.Module):
@@ -105,12 +108,26 @@ class MLPDenoiser(nn.Module):
         return self.out(h)                                                        # (B, D)
 
 
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Shape of a ``NoisyClassifier`` (its constructor's arguments), kept so that the zoo can rebuild it."""
+
+    num_classes: int
+    hidden: int = 64
+    depth: int = 2
+    frequency_dim: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class NoisyClassifier(nn.Module):
     """log p(y | x_t, t): logits (B, num_classes) for noisy 2D points, for classifier guidance."""
 
     def __init__(self, num_classes: int, hidden: int = 64, depth: int = 2, frequency_dim: int = 32, seed: int = 0):
         super().__init__()
         self.frequency_dim = frequency_dim
+        self.config = ClassifierConfig(num_classes, hidden, depth, frequency_dim)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.time_embed = nn.Sequential(nn.Linear(frequency_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -169,6 +186,11 @@ def train_noisy_classifier(points: torch.Tensor, labels: torch.Tensor, schedule:
                      steps: int = 1500, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
                      progress: bool = False) -> NoisyClassifier:
     """Train a ``NoisyClassifier`` on x_t ~ q(x_t | x0) at uniform t (cross-entropy)."""
+    return _train_noisy_classifier(points, labels, schedule, steps, batch_size, lr, seed, progress)[0]
+
+
+def _train_noisy_classifier(points, labels, schedule, steps, batch_size, lr, seed, progress):
+    """``train_noisy_classifier``, also returning the run's history (for the zoo's report)."""
     schedule = schedule or diffusion.NoiseSchedule.linear(1000)
     model = NoisyClassifier(int(labels.max()) + 1, seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -186,9 +208,9 @@ def train_noisy_classifier(points: torch.Tensor, labels: torch.Tensor, schedule:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, LR_WARMUP, steps, LR_FINAL))
     with one_thread():
-        train(model, loss_fn, next_batch, steps, optimizer=optimizer, scheduler=scheduler, progress=progress,
-              desc="noisy classifier")
-    return model.eval()
+        history = train(model, loss_fn, next_batch, steps, optimizer=optimizer, scheduler=scheduler,
+                        progress=progress, desc="noisy classifier")
+    return model.eval(), history
 
 
 def classifier_log_prob_grad(classifier: NoisyClassifier, x_t: torch.Tensor, t, y: torch.Tensor) -> torch.Tensor:
@@ -296,3 +318,87 @@ def bar_2d(seed: int = 0, n: int = BAR_POINTS, steps: int = BAR_STEPS) -> dict[s
     sw_model, sw_data, sw_ddim_full = sw_to_held_out(samples), sw_to_held_out(held_b), sw_to_held_out(ddim_full)
     return {"sw_model": sw_model, "sw_data": sw_data, "ratio": sw_model / sw_data, "sw_ddim_full": sw_ddim_full,
             "ddim_full_over_ddpm": sw_ddim_full / sw_model, "train_seconds": train_seconds}
+
+
+# ---- chapter 5's exercise models, shipped in the zoo ----------------------------------------------
+# Exercises 1, 2 and 4 of chapter 5 compare the model of section 3 with 2D models trained the same way
+# but for one change (x0 prediction; the cosine schedule; class labels with label dropout), and use a
+# classifier of noisy points. Training them is not the exercise (the cells say "given"), and it took
+# half of the chapter's run time, so they ship in the zoo. Trained here with the chapter's data, seed
+# and steps on one thread, they are bit for bit the models the notebook used to train itself.
+EXPERIMENT_STEPS = 1500   # the notebook's STEPS_2D, the quick run of section 3
+CLASSIFIER_STEPS = 800
+DATA_SEED = 0             # the chapter's SEED: its training points
+
+
+@dataclass(frozen=True)
+class ExperimentTraining:
+    """How an exercise model of chapter 5 is trained, beyond its seed and steps (``train_2d``'s arguments)."""
+
+    prediction: str = "eps"
+    schedule: str = "linear"    # "linear" or "cosine", T = 1000
+    conditional: bool = False   # trained on the labels (each point's outline) too, with label dropout p_uncond
+    p_uncond: float = 0.0
+    batch_size: int = 256
+    lr: float = 3e-3
+    train_points: int = TRAIN_POINTS
+    data_noise: float = DATA_NOISE
+    data_seed: int = DATA_SEED
+
+
+def build_denoiser(config: dict[str, Any] | None = None) -> MLPDenoiser:
+    """The zoo's builder of a 2D denoiser: an untrained ``MLPDenoiser`` from the manifest's model config."""
+    return MLPDenoiser(MLPConfig(**config) if config else MLPConfig())
+
+
+def build_classifier(config: dict[str, Any] | None = None) -> NoisyClassifier:
+    """The zoo's builder of the noisy classifier, from the manifest's model config."""
+    return NoisyClassifier(**(config or {"num_classes": len(OUTLINES)}))
+
+
+def train_x0_model(seed: int = 0, steps: int = EXPERIMENT_STEPS, progress: bool = True) -> dict[str, Any]:
+    """Exercise 1's model: section 3's recipe, predicting x0 instead of eps."""
+    return _train_experiment(ExperimentTraining(prediction="x0"), seed, steps, progress)
+
+
+def train_cosine_model(seed: int = 0, steps: int = EXPERIMENT_STEPS, progress: bool = True) -> dict[str, Any]:
+    """Exercise 2's model: section 3's recipe on the cosine schedule."""
+    return _train_experiment(ExperimentTraining(schedule="cosine"), seed, steps, progress)
+
+
+def train_conditional_model(seed: int = 0, steps: int = EXPERIMENT_STEPS, progress: bool = True) -> dict[str, Any]:
+    """Exercise 4's model: conditioned on the outline, which is dropped for 20% of the points (the null class)."""
+    return _train_experiment(ExperimentTraining(conditional=True, p_uncond=0.2), seed, steps, progress)
+
+
+def train_classifier_model(seed: int = 0, steps: int = CLASSIFIER_STEPS, progress: bool = True) -> dict[str, Any]:
+    """Exercise 4's classifier of noisy points, for classifier guidance."""
+    training = ExperimentTraining()
+    points, labels, schedule, data_seconds = _experiment_data(training)
+    model, history = _train_noisy_classifier(points, labels, schedule, steps, training.batch_size, training.lr,
+                                             seed, progress)
+    return _experiment_report(model, history, training, data_seconds)
+
+
+def _experiment_data(training: ExperimentTraining):
+    """The chapter's training points, their labels and the noise schedule of ``training``."""
+    start = time.perf_counter()
+    points, labels = load_points(training.train_points, noise=training.data_noise, seed=training.data_seed)
+    schedules = {"linear": diffusion.NoiseSchedule.linear, "cosine": diffusion.NoiseSchedule.cosine}
+    if training.schedule not in schedules:
+        raise ValueError(f"schedule: expected one of {sorted(schedules)}, got {training.schedule!r}")
+    return points, labels, schedules[training.schedule](1000), time.perf_counter() - start
+
+
+def _train_experiment(training: ExperimentTraining, seed: int, steps: int, progress: bool) -> dict[str, Any]:
+    points, labels, schedule, data_seconds = _experiment_data(training)
+    model, history = train_2d(points, labels if training.conditional else None, schedule=schedule,
+                              prediction=training.prediction, steps=steps, batch_size=training.batch_size,
+                              lr=training.lr, p_uncond=training.p_uncond, seed=seed, progress=progress)
+    return _experiment_report(model, history, training, data_seconds)
+
+
+def _experiment_report(model: nn.Module, history, training: ExperimentTraining, data_seconds: float) -> dict[str, Any]:
+    # The final loss is what the chapter prints beside its own model's; both trainers run on one thread.
+    metrics = {"final_train_loss_avg100": mean_of_last(history.losses, 100)}
+    return zoo.training_report(model, history, metrics, training, data_seconds, threads=1, T=1000)

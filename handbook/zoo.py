@@ -109,6 +109,28 @@ SHIPPED = (
              "captions with views through the caption encoder, the empty caption for guidance, cosine schedule "
              "T=1000); chapter 8's coarse prior",
              builder="handbook.dit_images:build", trainer="handbook.dit_images:train_model"),
+    # Chapter 5's exercises compare section 3's 2D model with these (given, not the exercise; seconds each).
+    ZooEntry("ddpm2d_x0",
+             "Chapter 5, exercise 1: 2D DDPM (MLP) on the five outlines that predicts x0 instead of the noise, "
+             "linear schedule T=1000",
+             builder="handbook.ddpm2d:build_denoiser", trainer="handbook.ddpm2d:train_x0_model"),
+    ZooEntry("ddpm2d_cosine",
+             "Chapter 5, exercise 2: 2D DDPM (MLP) on the five outlines, cosine schedule T=1000",
+             builder="handbook.ddpm2d:build_denoiser", trainer="handbook.ddpm2d:train_cosine_model"),
+    ZooEntry("ddpm2d_conditional",
+             "Chapter 5, exercise 4: 2D DDPM (MLP) conditioned on the outline (5 classes), label dropout 0.2 "
+             "for classifier-free guidance, linear schedule T=1000",
+             builder="handbook.ddpm2d:build_denoiser", trainer="handbook.ddpm2d:train_conditional_model"),
+    ZooEntry("ddpm2d_classifier",
+             "Chapter 5, exercise 4: classifier of noisy 2D points (which outline), for classifier guidance, "
+             "linear schedule T=1000",
+             builder="handbook.ddpm2d:build_classifier", trainer="handbook.ddpm2d:train_classifier_model"),
+    # Chapter 3's exercise 1 measures a ViT against these CNN baselines of the same size (200 steps each).
+    *(ZooEntry(f"data_hunger_cnn_{n}",
+               f"Chapter 3, exercise 1: SmallCNN baseline the size of ViTConfig.tiny(), trained on {n:,} "
+               "standardised 16x16 ShapeWorld renders (shape x colour, 30 classes)",
+               builder="handbook.classification:build_cnn", trainer=f"handbook.classification:train_hunger_cnn_{n}")
+      for n in (50, 250, 1250)),
 )
 REGISTRY: dict[str, ZooEntry] = {entry.name: entry for entry in SHIPPED}
 

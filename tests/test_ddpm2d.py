@@ -104,3 +104,64 @@ def test_ddim_with_every_step_is_as_good_as_ddpm_on_a_trained_2d_model():
     ddpm = sw(ddpm2d.sample_2d(model, schedule, 1000, seed=0))
     ddim_full = sw(ddpm2d.sample_2d(model, schedule, 1000, sampler="ddim", steps=1000, eta=0.0, seed=0))
     assert ddim_full <= 1.3 * ddpm, f"DDIM-1000 {ddim_full:.4f} against DDPM {ddpm:.4f}"
+
+
+# ------------------------------------------------------------- the exercise models in the zoo
+
+# name -> what its manifest's training config must say (the one change from section 3's recipe)
+EXERCISE_ENTRIES = {
+    "ddpm2d_x0": {"prediction": "x0", "schedule": "linear", "conditional": False},
+    "ddpm2d_cosine": {"prediction": "eps", "schedule": "cosine", "conditional": False},
+    "ddpm2d_conditional": {"prediction": "eps", "schedule": "linear", "conditional": True, "p_uncond": 0.2},
+    "ddpm2d_classifier": {"schedule": "linear"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISE_ENTRIES))
+def test_shipped_exercise_models_load_verified_and_their_manifest_config_builds_them(name):
+    from handbook import zoo
+    from handbook.checkpoints import sha256_of
+
+    meta, entry = zoo.manifest(name), zoo.REGISTRY[name]
+    assert meta["command"] == f"python -m handbook.zoo train {name} --seed 0 --steps {entry.steps}"
+    assert (meta["seed"], meta["steps"], meta["torch_threads"]) == (0, entry.steps, 1)
+    path = zoo.WEIGHTS_DIR / meta["weights"]
+    assert sha256_of(path) == meta["sha256"]
+    assert path.stat().st_size < 300_000  # small: an MLP of about 60,000 parameters
+    training = meta["config"]["training"]
+    assert {k: training[k] for k in EXERCISE_ENTRIES[name]} == EXERCISE_ENTRIES[name]
+    assert training["data_seed"] == ddpm2d.DATA_SEED and training["train_points"] == ddpm2d.TRAIN_POINTS
+
+    state = torch.get_rng_state()
+    model = zoo.load(name)
+    assert torch.equal(torch.get_rng_state(), state), "loading must not move the global RNG"
+    assert not model.training and model.config.to_dict() == meta["config"]["model"]
+    x, t = torch.zeros(3, 2), torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        out = model(x, t) if name == "ddpm2d_classifier" else model(x, t, None)
+    assert out.shape == ((3, len(OUTLINES)) if name == "ddpm2d_classifier" else (3, 2))
+
+
+def test_the_exercise_entries_default_to_the_chapters_quick_run():
+    from handbook import zoo
+
+    steps = {name: zoo.REGISTRY[name].steps for name in EXERCISE_ENTRIES}
+    assert steps == {"ddpm2d_x0": 1500, "ddpm2d_cosine": 1500, "ddpm2d_conditional": 1500, "ddpm2d_classifier": 800}
+    assert {zoo.REGISTRY[name].seed for name in EXERCISE_ENTRIES} == {0}
+
+
+def test_an_exercise_recipe_is_the_notebooks_training_call():
+    """The zoo's x0 and conditional recipes give, bit for bit, what chapter 5 trained in the notebook."""
+    points, labels = load_points(ddpm2d.TRAIN_POINTS, noise=ddpm2d.DATA_NOISE, seed=0)
+    report = ddpm2d.train_x0_model(seed=0, steps=5, progress=False)
+    model, history = ddpm2d.train_2d(points, prediction="x0", steps=5, seed=0)
+    assert report["steps"] == 5 and report["metrics"]["final_train_loss_avg100"] == pytest.approx(sum(history.losses) / 5)
+    for (k, v), w in zip(report["model"].state_dict().items(), model.state_dict().values()):
+        assert torch.equal(v, w), k
+    report = ddpm2d.train_conditional_model(seed=0, steps=5, progress=False)
+    model, _ = ddpm2d.train_2d(points, labels=labels, steps=5, p_uncond=0.2, seed=0)
+    assert all(torch.equal(v, w) for v, w in zip(report["model"].state_dict().values(), model.state_dict().values()))
+    clf = ddpm2d.train_noisy_classifier(points, labels, steps=5, seed=0)
+    report = ddpm2d.train_classifier_model(seed=0, steps=5, progress=False)
+    assert all(torch.equal(v, w) for v, w in zip(report["model"].state_dict().values(), clf.state_dict().values()))
+    assert ddpm2d.build_classifier(report["config"]["model"]).config == clf.config

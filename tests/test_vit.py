@@ -284,3 +284,55 @@ def test_vit_learns_colour_from_a_few_shapeworld_images():
     assert accuracy(model, images, labels) >= 0.95
     with pytest.raises(ValueError, match="labels"):
         accuracy(model, images, labels.float())
+
+
+# ------------------------------------------------------- exercise 1's CNN baselines in the zoo
+
+HUNGER_SIZES = (50, 250, 1250)
+
+
+@pytest.mark.parametrize("n", HUNGER_SIZES)
+def test_shipped_cnn_baselines_load_verified_and_their_manifest_config_builds_them(n):
+    from handbook import zoo
+    from handbook.checkpoints import sha256_of
+    from handbook.device import make_generator
+
+    name = f"data_hunger_cnn_{n}"
+    meta, entry = zoo.manifest(name), zoo.REGISTRY[name]
+    assert meta["command"] == f"python -m handbook.zoo train {name} --seed 0 --steps 200"
+    assert (meta["seed"], meta["steps"], entry.steps) == (0, 200, 200)
+    path = zoo.WEIGHTS_DIR / meta["weights"]
+    assert sha256_of(path) == meta["sha256"] and path.stat().st_size < 200_000
+    assert meta["config"]["training"]["n_train"] == n and meta["config"]["training"]["image_size"] == 16
+    state = torch.get_rng_state()
+    model = zoo.load(name)
+    assert torch.equal(torch.get_rng_state(), state), "loading must not move the global RNG"
+    assert isinstance(model, SmallCNN) and not model.training
+    # The size the exercise compares: a CNN of as many parameters as the tiny ViT.
+    assert model.config.width == cnn_width_for(ViT(ViTConfig.tiny(), generator=make_generator(0)).num_parameters())
+    assert model.config.to_dict() == meta["config"]["model"]
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, sw.NUM_CLASSES)
+    assert 0.0 < meta["metrics"]["test_accuracy"] <= 1.0
+
+
+def test_more_images_gave_the_shipped_cnn_a_better_score():
+    from handbook import zoo
+
+    scores = [zoo.manifest(f"data_hunger_cnn_{n}")["metrics"]["test_accuracy"] for n in HUNGER_SIZES]
+    assert scores == sorted(scores) and scores[-1] > 0.9
+
+
+def test_a_cnn_baseline_recipe_is_the_exercises_training_call():
+    """A few steps of the zoo's recipe give, bit for bit, what data_hunger_run("cnn", 50, steps, 0) trains."""
+    from handbook import classification
+    from handbook.device import make_generator
+
+    report = classification.train_hunger_cnn_50(seed=0, steps=3, progress=False)
+    reference = sw.load_images("train", 10_000, 32, 0).images
+    mean, std = reference.mean(dim=(0, 2, 3))[:, None, None], reference.std(dim=(0, 2, 3))[:, None, None]
+    data = sw.load_images("train", 50, 16, 0)
+    net = SmallCNN(width=report["model"].config.width, generator=make_generator(0))
+    train_classifier(net, (data.images - mean) / std, data.class_index, 3, make_generator(0), lr=3e-3, progress=False)
+    for (k, v), w in zip(report["model"].state_dict().items(), net.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert report["steps"] == 3 and report["config"]["training"]["n_train"] == 50

@@ -2,6 +2,8 @@
 
     python -m handbook bench                       every part, then write the table
     python -m handbook bench --only judge          one part (the others keep their last figures)
+    python -m handbook bench --notebook solutions/05_ddpm.ipynb
+                                                   one notebook's row (repeatable); the others keep theirs
 
 Writes ``benchmarks/results.json`` (a list of {"name", "value", "unit", "bar", "meets", ...}) and
 ``benchmarks/RESULTS.md`` (the same as a table). Figures are medians over ``--repeats`` runs,
@@ -155,14 +157,27 @@ def bench_notebooks(repeats: int) -> list[Result]:
         result("machine.figure_seconds", [_figure_seconds() for _ in range(3)], "s", "",
                "10 four-panel matplotlib figures saved as PNG, median of 3"),
     ]
-    for folder, label in (("solutions", "notebook_seconds"), ("chapters", "student_notebook_seconds")):
-        for path in sorted((ROOT / folder).glob("*.ipynb")):
-            number = path.name[:2]
-            bar = NOTEBOOK_SECONDS_BAR.get(number, DEFAULT_NOTEBOOK_SECONDS_BAR)
-            samples = [time_notebook(path) for _ in range(repeats)]
-            results.append(result(f"ch{int(number)}.{label}", samples, "s", f"<= {bar:g}",
-                                  f"{folder}/{path.name} run top to bottom with nbclient, empty data cache, median of {repeats}"))
+    for folder in NOTEBOOK_FOLDERS:
+        results += [bench_notebook(path, repeats) for path in sorted((ROOT / folder).glob("*.ipynb"))]
     return results
+
+
+# The row of a notebook says which version ran: the solutions or the students' notebooks.
+NOTEBOOK_FOLDERS = {"solutions": "notebook_seconds", "chapters": "student_notebook_seconds"}
+
+
+def bench_notebook(path: Path, repeats: int) -> Result:
+    """One notebook's row (``ch3.notebook_seconds``, ...): the median of ``repeats`` runs of ``time_notebook``.
+
+    Also for re-measuring a few notebooks without the others, merged into the table by ``merge``."""
+    path = Path(path)
+    if path.parent.name not in NOTEBOOK_FOLDERS:
+        raise ValueError(f"path: expected a notebook in {sorted(NOTEBOOK_FOLDERS)}, got {str(path)!r}")
+    number, folder = path.name[:2], path.parent.name
+    bar = NOTEBOOK_SECONDS_BAR.get(number, DEFAULT_NOTEBOOK_SECONDS_BAR)
+    samples = [time_notebook(path) for _ in range(repeats)]
+    return result(f"ch{int(number)}.{NOTEBOOK_FOLDERS[folder]}", samples, "s", f"<= {bar:g}",
+                  f"{folder}/{path.name} run top to bottom with nbclient, empty data cache, median of {repeats}")
 
 
 def bench_suite(repeats: int) -> list[Result]:
@@ -479,16 +494,25 @@ def write_tables(results: list[dict], out_dir: Path = OUT_DIR) -> None:
 
 def run(parts: list[str], repeats: int, out_dir: Path = OUT_DIR) -> list[dict]:
     """Run ``parts`` and merge their figures into the committed table (other parts are kept)."""
+    table = []
+    for part in parts:
+        table = merge(PARTS[part](repeats), out_dir, replace_part=part)
+    return table
+
+
+def merge(results: list[Result], out_dir: Path = OUT_DIR, replace_part: str | None = None) -> list[dict]:
+    """Merge fresh ``results`` into the committed table and rewrite it: rows of the same name are
+    replaced, and with ``replace_part`` every old row of that part too (a part's figures go together)."""
     path = out_dir / "results.json"
     table = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
     stamp = {"date": date.today().isoformat(), "machine": machine_description()}
-    for part in parts:
-        fresh = [dict(asdict(r), **stamp) for r in PARTS[part](repeats)]
-        for r in fresh:
-            print(f"{r['name']:<40} {r['value']:>12g} {r['unit']:<10} bar {r['bar'] or '-':<10} "
-                  f"{'' if r['meets'] is None else ('meets' if r['meets'] else 'MISSES')}", flush=True)
-        names = {r["name"] for r in fresh}
-        table = [r for r in table if r["name"] not in names and not r["name"].startswith(part + ".")] + fresh
+    fresh = [dict(asdict(r), **stamp) for r in results]
+    for r in fresh:
+        print(f"{r['name']:<40} {r['value']:>12g} {r['unit']:<10} bar {r['bar'] or '-':<10} "
+              f"{'' if r['meets'] is None else ('meets' if r['meets'] else 'MISSES')}", flush=True)
+    names = {r["name"] for r in fresh}
+    stale = (lambda r: False) if replace_part is None else (lambda r: r["name"].startswith(replace_part + "."))
+    table = [r for r in table if r["name"] not in names and not stale(r)] + fresh
     order = {p: i for i, p in enumerate(PARTS)}
     table.sort(key=lambda r: (order.get(r["name"].split(".")[0], len(order)), r["name"]))
     write_tables(table, out_dir)
@@ -500,10 +524,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(PARTS),
                         help="run only this part (repeatable); default: every part")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    parser.add_argument("--notebook", action="append", type=Path, metavar="PATH",
+                        help="time only this notebook (repeatable), e.g. solutions/05_ddpm.ipynb; its row is "
+                             "merged into the table, the other notebooks keep theirs")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats: expected a whole number >= 1")
-    run(args.only or list(PARTS), args.repeats)
+    if args.notebook and args.only:
+        parser.error("--notebook: a notebook's row is not a part; give --notebook or --only, not both")
+    if args.notebook:
+        merge([bench_notebook(ROOT / path if not path.is_absolute() else path, args.repeats) for path in args.notebook])
+    else:
+        run(args.only or list(PARTS), args.repeats)
     print(f"wrote {OUT_DIR / 'RESULTS.md'}")
     return 0
 
