@@ -164,22 +164,27 @@ def evaluate(model: DiT, n: int = EVAL_IMAGES, steps: int = 50, guidance_scale: 
     (``view``: over the prompts whose object shows its view, i.e. not spheres, see
     ``judge.shows_its_view``), and the FID against ``fid_reference`` real test renders; ``seconds`` is
     the sampling time."""
-    from handbook.judge import shows_its_view
-
     judge = zoo.load("judge") if judge is None else judge
     prompts = balanced_prompts(n)
     want = _labels_of(prompts)
     start = time.perf_counter()
     images = sample(model, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
+    reference = shapeworld.load_images("test", n=fid_reference, resolution=RESOLUTION, seed=0).images
+    return {**_judged(images, want, judge), "fid": metrics.shapeworld_fid(images, reference, judge=judge),
+            "n": n, "seconds": seconds}
+
+
+def _judged(images: torch.Tensor, want: dict[str, torch.Tensor], judge) -> dict[str, float]:
+    """The shares of ``images`` the judge reads as ``want`` says: shape, colour and size together
+    (``recognition``), each alone, and the view over the objects that show it (not spheres)."""
+    from handbook.judge import shows_its_view
+
     got = metrics.judge_predictions(images, judge=judge)
     ok = {k: got[k] == want[k] for k in want}                                 # (n,) bool each
-    shows_view = shows_its_view(want["shape"])
-    reference = shapeworld.load_images("test", n=fid_reference, resolution=RESOLUTION, seed=0).images
     return {"recognition": (ok["shape"] & ok["colour"] & ok["size"]).float().mean().item(),
             **{k: v.float().mean().item() for k, v in ok.items() if k != "view"},
-            "view": ok["view"][shows_view].float().mean().item(),
-            "fid": metrics.shapeworld_fid(images, reference, judge=judge), "n": n, "seconds": seconds}
+            "view": ok["view"][shows_its_view(want["shape"])].float().mean().item()}
 
 
 def _labels_of(prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -192,14 +197,9 @@ def _labels_of(prompts: list[str]) -> dict[str, torch.Tensor]:
 def real_reference(n: int = EVAL_IMAGES, fid_reference: int = 2000, judge=None) -> dict[str, float]:
     """The yardstick for ``evaluate``: n real validation renders (not the FID reference's test renders)
     judged and scored the same way. A FID from n images is biased upwards; this is its floor at that n."""
-    from handbook.judge import shows_its_view
-
     judge = zoo.load("judge") if judge is None else judge
     data = shapeworld.load_images("val", n=n, resolution=RESOLUTION, seed=0)
-    got = metrics.judge_predictions(data.images, judge=judge)
     want = {"shape": data.shape, "colour": data.colour, "size": data.size, "view": data.view}
-    ok = {k: got[k] == want[k] for k in want}
     reference = shapeworld.load_images("test", n=fid_reference, resolution=RESOLUTION, seed=0).images
-    return {"recognition": (ok["shape"] & ok["colour"] & ok["size"]).float().mean().item(),
-            "view": ok["view"][shows_its_view(want["shape"])].float().mean().item(),
+    return {**_judged(data.images, want, judge),
             "fid": metrics.shapeworld_fid(data.images, reference, judge=judge), "n": n}
