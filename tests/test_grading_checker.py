@@ -573,6 +573,39 @@ def test_memory_bomb_is_reported_with_the_limit_above_reserved_address_space(res
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the limit is measured from /proc")
+def test_a_failed_cell_or_call_gives_the_memory_of_its_frames_back(reserving_kernels):
+    """A notebook cell that calls a memory bomb fails; IPython keeps that error (and so the bomb's
+    frame and its list) for the debugger. With the CUDA build of torch, chapter 1's memory-bomb
+    student lost every later question so. The kernel must let go: the next cells may again use
+    ``memory_mb - 256`` MB, also after a call whose student code kept the error in a global."""
+    from handbook.course.grading.sandbox import KernelLimits, SandboxedKernel, StudentCodeError
+
+    memory_mb = 1024
+    use_it_all = f"import numpy\ndata = numpy.ones(({memory_mb} - 256) * 2**20 // 8)\nassert data.sum() == data.size\ndel data"
+    code = textwrap.dedent("""
+        def bomb():
+            blocks = []
+            while True:
+                blocks.append(bytearray(2 ** 27))
+        def keeping_bomb():
+            global kept
+            try:
+                bomb()
+            except MemoryError as error:
+                kept = error
+                raise
+    """)
+    with SandboxedKernel(KernelLimits(memory_mb=memory_mb, cpu_seconds=120)) as kernel:
+        assert kernel.run(code, timeout=30) == Outcome("ok")
+        failed = kernel.run("bomb()", timeout=60, store_history=True)          # a notebook cell
+        assert failed.status == "error" and failed.error.startswith("MemoryError")
+        assert kernel.run(use_it_all, timeout=60) == Outcome("ok")
+        with pytest.raises(StudentCodeError, match="MemoryError"):
+            kernel.call("keeping_bomb", (), {}, timeout=60)
+        assert kernel.run(use_it_all, timeout=60) == Outcome("ok")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the limit is measured from /proc")
 def test_a_call_stopped_by_the_time_limit_gives_its_memory_back():
     """The interrupted function's frames (and the 600 MB they hold) must not outlive the timeout:
     otherwise the next question of the same student fails with a MemoryError it did not cause."""

@@ -179,6 +179,36 @@ def _prepare_shell(shell) -> None:
     # to PNG after each cell; here it does nothing.
     shell.register_magic_function(lambda line="": None, magic_kind="line", magic_name="matplotlib")
     shell.events.register("post_run_cell", lambda result: plt.close("all"))
+    shell.events.register("post_run_cell", _release_failed_cell)
+
+
+def _release_failed_cell(result) -> None:
+    """After a cell that raised, let go of its frames' variables.
+
+    IPython keeps the last error (``sys.last_traceback``, the result's ``error_in_exec``), and with
+    it every frame it passed through: a notebook cell that calls a student's memory bomb would keep
+    the bomb's list (all of ``--memory-mb``) alive, and every later question of that student would
+    fail with a MemoryError it did not cause (seen with the CUDA build of torch, whose checks leave
+    less slack). The cell is over, so its frames' locals are garbage; the message is already sent.
+    """
+    error = getattr(result, "error_in_exec", None)
+    if error is not None:
+        _release_frames(error)
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            setattr(sys, name, None)
+
+
+def _release_frames(error: BaseException) -> None:
+    """Drop the variables of every finished frame ``error`` passed through (the rest of the kernel
+    keeps running). ``frame.clear`` empties a frame's own slots, but before Python 3.13 a frame also
+    keeps a dict copy of them, made when a traceback was shown with its variables; reading
+    ``f_locals`` after the clear syncs that copy (for a cell's frame it is the globals: untouched)."""
+    traceback.clear_frames(error.__traceback__)
+    tb = error.__traceback__
+    while tb is not None:
+        tb.tb_frame.f_locals  # noqa: B018 - the read is the sync
+        tb = tb.tb_next
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +263,7 @@ def serve_call(namespace: dict, name: str, number: int, directory: str) -> None:
         interrupted = True
     except BaseException as error:  # noqa: BLE001 - SystemExit from student code is a failure too
         result = _failure(type(error).__name__, _safe_str(error), _where(error))
+        _release_frames(error)  # even if the student kept the error somewhere
     if interrupted:
         raise KeyboardInterrupt("stopped by the checker's time limit")
     try:
