@@ -48,3 +48,14 @@ def test_one_tiny_run_is_trained_evaluated_and_cached(tmp_path):
     assert list(saved.values()) == [run]
     with pytest.raises(ValueError, match="seed"):
         study.train_and_evaluate(network, -1, steps=2, cache=cache)
+
+
+def test_the_study_ema_forgets_the_zero_output_start():
+    """With the shipped EMA (0.999) a 1,500-step run still averaged 22% of the initial weights, whose
+    output is 0, and sampled noise: the study's EMA must have forgotten them by its last step."""
+    from handbook.dit_images import TrainingConfig
+
+    decay = study.STUDY_TRAINING["ema_decay"]
+    assert TrainingConfig().ema_decay ** 1500 > 0.2          # the failure it fixes
+    assert decay ** study.STUDY_STEPS < 1e-3
+    assert set(study.STUDY_TRAINING) <= set(TrainingConfig.__dataclass_fields__)

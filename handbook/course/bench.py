@@ -407,7 +407,7 @@ def bench_dit_study(repeats: int) -> list[Result]:
         each = ", ".join(f"{r['fid']:.1f}" for r in runs)
         recognition = statistics.mean(r["recognition"] for r in runs)
         rows.append(result(f"ch6.ablation_fid_{name}", [r["fid"] for r in runs], "", "",
-                           f"{network}; {study.STUDY_STEPS} steps, seeds {list(study.STUDY_SEEDS)} (median of "
+                           f"{network}; {study.STUDY_STEPS} steps (EMA decay {study.STUDY_TRAINING['ema_decay']}), seeds {list(study.STUDY_SEEDS)} (median of "
                            f"{each}); recognition {recognition:.3f}; the paper (XL/2, 400K steps): "
                            f"{study.PAPER_ABLATION_FID[name]}"))
     order = sorted(mean_fid, key=mean_fid.get)
@@ -419,7 +419,7 @@ def bench_dit_study(repeats: int) -> list[Result]:
     points = "; ".join(f"D {r['network']['hidden_size']} p {r['network']['patch_size']}: "
                        f"{r['gflops'] * 1000:.1f} MFLOPs, FID {r['fid']:.1f}" for r in sweep)
     rows.append(result("ch6.gflops_fid_spearman", [rho], "", "<= -0.6",
-                       f"{len(sweep)} (width x patch) configurations, depth 4, {study.STUDY_STEPS} steps each: "
+                       f"{len(sweep)} (width x patch) configurations, depth 4, {study.STUDY_STEPS} steps each (EMA decay {study.STUDY_TRAINING['ema_decay']}): "
                        f"{points}"))
     return rows
 
