@@ -167,15 +167,15 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, embed_dim: int | None, groups: int,
-                 dropout: float = 0.0, conditioning: str = "add"):
+                 dropout: float = 0.0, conditioning: str = "add", eps: float = 1e-5):
         super().__init__()
         self.conditioning = conditioning
-        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)  # eps: PyTorch's 1e-5; chapter 7's VAE 1e-6
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         factor = 2 if conditioning == "film" else 1
         self.embed_proj = None if embed_dim is None else nn.Sequential(
             nn.SiLU(), nn.Linear(embed_dim, factor * out_channels))
-        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)  # zero-initialised
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -207,11 +207,11 @@ class AttentionBlock(nn.Module):
     convs of the reference; with one head the scale is C^-1/2. Attention itself is
     ``handbook.attention.MultiHeadAttention``, the same as in every chapter."""
 
-    def __init__(self, channels: int, n_heads: int, groups: int, context_dim: int | None = None):
+    def __init__(self, channels: int, n_heads: int, groups: int, context_dim: int | None = None, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.attn = MultiHeadAttention(channels, n_heads)
-        self.cross_norm = None if context_dim is None else nn.GroupNorm(groups, channels)
+        self.cross_norm = None if context_dim is None else nn.GroupNorm(groups, channels, eps=eps)
         self.cross_attn = (None if context_dim is None
                            else MultiHeadAttention(channels, n_heads, d_context=context_dim))
         self.zero_residual_()
