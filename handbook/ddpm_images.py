@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from handbook import diffusion, metrics, shapeworld, zoo
 from handbook.shapeworld import NUM_CLASSES, class_of, shape_and_colour
 from handbook.shapeworld._threads import one_thread
-from handbook.training import mean_of_last, replace_config, train_with_warmup_cosine
+from handbook.training import mean_of_last, replace_config, torch_threads, train_with_warmup_cosine
 from handbook.unet import UNet, UNetConfig
 
 NAME = "ddpm_shapeworld"
@@ -121,12 +121,8 @@ def train_model(seed: int = 0, steps: int = DEFAULT_STEPS, progress: bool = True
     The report's ``model`` is the EMA of the weights, which samples better than the raw weights.
     """
     config = replace_config(TrainingConfig(), overrides)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _train(config, seed, steps, progress, evaluate_after)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train(config: TrainingConfig, seed: int, steps: int, progress: bool, evaluate_after: bool) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from handbook import checks, diffusion, dit, metrics, shapeworld, zoo
 from handbook.dit import DiT, DiTConfig, generate
 from handbook.shapeworld import COLOURS, SHAPES, SIZES, VIEWS, caption, encode_prompts, parse_caption
 from handbook.shapeworld._threads import one_thread
-from handbook.training import mean_of_last, replace_config, train_with_warmup_cosine
+from handbook.training import mean_of_last, replace_config, torch_threads, train_with_warmup_cosine
 
 NAME = "dit_shapeworld"
 RESOLUTION = 32
@@ -96,12 +96,8 @@ def train_model(seed: int = 0, steps: int = DEFAULT_STEPS, progress: bool = True
     """
     training = replace_config(TrainingConfig(), overrides)
     network = model_config(**(config or {}))
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(training.threads)
-    try:
+    with torch_threads(training.threads):
         return _train(network, training, seed, steps, progress, evaluate_after)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train(network: DiTConfig, config: TrainingConfig, seed: int, steps: int, progress: bool,

@@ -27,6 +27,7 @@ visibly better from it (DDPM, Ho et al. 2020, Appendix B; DiT uses decay 0.9999)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -114,6 +115,19 @@ def warmup_cosine(step: int, warmup: int, total: int, final: float = 0.0) -> flo
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with PyTorch on ``n`` threads, then restore the previous count: the zoo's recipes
+    fix their thread count (recorded in the manifest), since it changes both speed and the exact
+    floating-point sums."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def replace_config(config: Any, overrides: dict[str, Any]) -> Any:

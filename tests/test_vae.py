@@ -124,3 +124,17 @@ def test_bad_input_names_the_argument(make, match):
     model = Autoencoder(AutoencoderConfig.tiny(), generator=_gen(0))
     with pytest.raises(ValueError, match=match):
         make(model)
+
+
+def test_the_shapeworld_recipe_trains_measures_its_scale_and_reports():
+    from handbook import vae_images
+
+    report = vae_images.train_model(steps=2, progress=False, n_train=32, batch_size=4, eval_images=8,
+                                    scale_images=16, threads=1, config={"channels": (8, 16, 16), "groups": 4})
+    model, m = report["model"], report["metrics"]
+    assert model.config.downsampling == 4 and report["steps"] == 2
+    assert m["scale_factor"] == pytest.approx(model.scale_factor.item()) and m["scale_factor"] > 0
+    assert 0 < m["psnr_db"] < 60 and m["scaled_latent_std"] > 0
+    assert report["config"]["training"]["beta"] == 1e-6 and report["config"]["resolution"] == 64
+    with pytest.raises(ValueError, match="bogus"):
+        vae_images.train_model(steps=1, bogus=1)
