@@ -15,9 +15,18 @@ of the non-padding tokens) feeds adaLN, which needs one vector per image. The **
 in place of the real caption for a share of the training batches, and at sampling time it gives
 the unconditional prediction. Prompts become ids through ``shapeworld.encode_prompts``, which
 checks each against the caption grammar.
+
+**Words must not drown in positions.** The fixed sinusoids have amplitude 1 in every dimension
+(norm sqrt(D / 2)). Word embeddings of DiT's std 0.02 (norm 0.02 sqrt(D)) are forty times smaller:
+every token starts as its position and nothing else, and the first version of chapter 6's model,
+trained so, ended with "red" and "blue" encoded as the same vector (cosine 1.000) and drew either
+for both. As chapter 2's language model does (the Transformer paper, section 3.4), the embeddings
+start with std 1/sqrt(D) and are multiplied by sqrt(D): words and positions weigh alike.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -45,7 +54,15 @@ class CaptionEncoder(nn.Module):
             self.norm = nn.LayerNorm(d_model, eps=1e-6)
         # Fixed positions (chapter 2's sinusoids): no parameters, and not saved with the weights.
         self.register_buffer("positions", sinusoidal_positional_encoding(max_length, d_model), persistent=False)
+        self.embedding_scale = math.sqrt(d_model)  # see the module docstring
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """DiT's init (Xavier-uniform linear maps, zero biases), but word embeddings of std 1/sqrt(D),
+        scaled by sqrt(D) in ``forward``, so that each word weighs as much as its position."""
         xavier_uniform_linears_(self, generator)
+        nn.init.normal_(self.token_embed.weight, std=self.d_model ** -0.5, generator=generator)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids (B, L), L <= max_length -> tokens (B, L, D), keep (B, L) bool, pooled (B, D)."""
@@ -53,7 +70,7 @@ class CaptionEncoder(nn.Module):
         checks.within("ids", ids, 0, TOKENIZER.vocab_size - 1)
         checks.positive_int("the caption length L", ids.shape[1], maximum=self.max_length)
         keep = ids != self.pad_id                                     # (B, L): False at padding
-        x = self.token_embed(ids) + self.positions[: ids.shape[1]]   # (B, L, D)
+        x = self.token_embed(ids) * self.embedding_scale + self.positions[: ids.shape[1]]  # (B, L, D)
         for block in self.blocks:
             x = block(x, mask=keep[:, None, :])                       # (B, 1, L): attend to words only
         x = self.norm(x)                                              # (B, L, D)

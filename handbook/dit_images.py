@@ -35,7 +35,7 @@ from handbook.training import mean_of_last, replace_config, torch_threads, train
 NAME = "dit_shapeworld"
 RESOLUTION = 32
 T = 1000
-DEFAULT_STEPS = 10_000  # about 80 minutes on one core (0.47 s a step): the 90-minute budget
+DEFAULT_STEPS = 10_000  # 67 minutes on one core (0.40 s a step, the other core busy): within the 90-minute budget
 DEFAULT_GUIDANCE = dit.DEFAULT_GUIDANCE  # the sampler's default, one number for both
 EVAL_IMAGES = 180  # 60 shape x colour x size classes x 3 views, once each
 
@@ -108,24 +108,9 @@ def _train(network: DiTConfig, config: TrainingConfig, seed: int, steps: int, pr
     images = data.images * 2.0 - 1.0                                          # (N, 3, 32, 32) in [-1, 1]
     data_seconds = time.perf_counter() - start
 
-    schedule = noise_schedule()
     model = DiT(network, generator=generator)
-    null = model.null_condition()                                              # (L,) the empty caption
-
-    def next_batch(step: int):
-        idx = torch.randint(0, len(images), (config.batch_size,), generator=generator)
-        texts = drop_views([data.captions[i] for i in idx.tolist()], config.p_no_view, generator)
-        return images[idx], encode_prompts(texts, network.caption_length)      # (B, 3, 32, 32), (B, L)
-
-    def loss_fn(net, batch):
-        x0, ids = batch
-        return diffusion.training_loss(net, schedule, x0, cond=ids, generator=generator,
-                                       p_uncond=config.p_uncond, null_cond=null)
-
-    ema_model, history = train_with_warmup_cosine(
-        model, loss_fn, next_batch, steps, lr=config.lr, warmup=config.warmup,
-        final_lr_fraction=config.final_lr_fraction, ema_decay=config.ema_decay, grad_clip=config.grad_clip,
-        progress=progress, desc=NAME)
+    ema_model, history = train_on_captions(model, noise_schedule(), images, data.captions, config, generator,
+                                           steps, progress, NAME)
     results: dict[str, Any] = {"final_train_loss_avg100": mean_of_last(history.losses, 100)}
     if evaluate_after and steps > 0:
         result = evaluate(ema_model, n=config.eval_images, guidance_scale=config.guidance_scale,
@@ -133,6 +118,31 @@ def _train(network: DiTConfig, config: TrainingConfig, seed: int, steps: int, pr
         results.update({f"ddim50_{k}": v for k, v in result.items()})
     return zoo.training_report(ema_model, history, results, config, data_seconds, config.threads,
                                resolution=RESOLUTION, schedule="cosine", T=T)
+
+
+def train_on_captions(model: DiT, schedule: diffusion.NoiseSchedule, x0: torch.Tensor, captions: list[str],
+                      config: Any, generator: torch.Generator, steps: int, progress: bool, desc: str):
+    """The caption-conditioned diffusion training of chapters 6 and 7: batches of ``x0`` (N, C, H, W)
+    (pixels in [-1, 1], or chapter 7's scaled latents) with their ``captions``, some without their
+    view (``config.p_no_view``) and some replaced by the empty caption (``config.p_uncond``), chapter
+    5's simple loss, warm-up + cosine, EMA. Every draw comes from ``generator``, in a fixed order.
+    Returns (the EMA model, the history)."""
+    null = model.null_condition()                                              # (L,) the empty caption
+
+    def next_batch(step: int):
+        idx = torch.randint(0, len(x0), (config.batch_size,), generator=generator)
+        texts = drop_views([captions[i] for i in idx.tolist()], config.p_no_view, generator)
+        return x0[idx], encode_prompts(texts, model.config.caption_length)     # (B, C, H, W), (B, L)
+
+    def loss_fn(net, batch):
+        x, ids = batch
+        return diffusion.training_loss(net, schedule, x, cond=ids, generator=generator,
+                                       p_uncond=config.p_uncond, null_cond=null)
+
+    return train_with_warmup_cosine(
+        model, loss_fn, next_batch, steps, lr=config.lr, warmup=config.warmup,
+        final_lr_fraction=config.final_lr_fraction, ema_decay=config.ema_decay, grad_clip=config.grad_clip,
+        progress=progress, desc=desc)
 
 
 def balanced_prompts(n: int, views: bool = True) -> list[str]:

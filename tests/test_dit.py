@@ -219,6 +219,21 @@ def test_caption_encoder_pools_the_words_only():
     assert torch.allclose(encoder(short)[2][0], pooled[0], atol=1e-6)         # padding changes nothing
 
 
+def test_caption_encoder_words_weigh_as_much_as_positions_at_init():
+    """The shipped DiT's first encoder (embeddings of std 0.02 beside sinusoids of amplitude 1) ended
+    with "red" and "blue" as one vector. Inside a DiT too (whose own init draws embeddings at 0.02),
+    a word's embedding enters with std 1, and two captions that differ in one word differ at that word."""
+    model = DiT(DiTConfig.shapeworld(), generator=_gen(0))
+    encoder = model.y_embedder
+    words = encoder.token_embed.weight * encoder.embedding_scale                 # (V, D)
+    assert words.std().item() == pytest.approx(1.0, rel=0.1)
+    assert encoder.positions.pow(2).mean().item() == pytest.approx(0.5, rel=0.01)  # sin^2 and cos^2: 1/2
+    ids = encode_prompts(["a large red cube seen from above", "a large blue cube seen from above"])
+    colour = ids[0].tolist().index(TOKENIZER.encode("a large red cube")[3])       # the colour's position
+    tokens = encoder(ids)[0][:, colour]                                          # (2, D)
+    assert torch.nn.functional.cosine_similarity(tokens[0], tokens[1], dim=0).item() < 0.8
+
+
 def test_prompts_outside_the_grammar_are_refused_with_the_word():
     assert check_prompt("a large red cube seen from above") == "a large red cube seen from above"
     assert check_prompt("") == ""
