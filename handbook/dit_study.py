@@ -94,6 +94,11 @@ def paper_order_holds(mean_fid: dict[str, float]) -> bool:
     return ours == sorted(PAPER_ABLATION_FID, key=PAPER_ABLATION_FID.get)
 
 
+def adaptive_norms_lead(mean_fid: dict[str, float]) -> bool:
+    """The paper's coarser finding: adaLN and adaLN-Zero both beat in-context and cross-attention."""
+    return max(mean_fid["adaln"], mean_fid["adaln_zero"]) < min(mean_fid["in_context"], mean_fid["cross_attention"])
+
+
 def scaling_sweep(grid=SCALING_GRID, seed: int = 0, steps: int = STUDY_STEPS, cache: str | Path | None = None,
                   eval_images: int = EVAL_IMAGES) -> list[dict[str, Any]]:
     """Every (width, patch) configuration of ``grid`` trained for the same steps: one run each."""

@@ -20,6 +20,9 @@ def test_spearman_matches_known_values():
 def test_paper_order():
     assert study.paper_order_holds({"in_context": 40, "cross_attention": 30, "adaln": 20, "adaln_zero": 10})
     assert not study.paper_order_holds({"in_context": 10, "cross_attention": 30, "adaln": 20, "adaln_zero": 15})
+    swapped = {"in_context": 40, "cross_attention": 41, "adaln": 20, "adaln_zero": 21}
+    assert not study.paper_order_holds(swapped) and study.adaptive_norms_lead(swapped)
+    assert not study.adaptive_norms_lead({"in_context": 40, "cross_attention": 20, "adaln": 30, "adaln_zero": 10})
 
 
 def test_grid_spans_costs_and_shares_the_ablation_run():

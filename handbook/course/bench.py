@@ -413,7 +413,9 @@ def bench_dit_study(repeats: int) -> list[Result]:
     order = sorted(mean_fid, key=mean_fid.get)
     rows.append(result("ch6.ablation_paper_order_holds", [float(study.paper_order_holds(mean_fid))], "bool", "",
                        f"ours, best to worst by mean FID: {' < '.join(order)}; the paper's: "
-                       f"{' < '.join(sorted(study.PAPER_ABLATION_FID, key=study.PAPER_ABLATION_FID.get))}"))
+                       f"{' < '.join(sorted(study.PAPER_ABLATION_FID, key=study.PAPER_ABLATION_FID.get))}; the "
+                       f"paper's main finding, both adaptive norms ahead of both token conditionings: "
+                       f"{'holds' if study.adaptive_norms_lead(mean_fid) else 'does not hold'}"))
     sweep = study.scaling_sweep(cache=STUDY_CACHE)
     rho = study.spearman([r["gflops"] for r in sweep], [r["fid"] for r in sweep])
     points = "; ".join(f"D {r['network']['hidden_size']} p {r['network']['patch_size']}: "
