@@ -138,3 +138,18 @@ def test_the_shapeworld_recipe_trains_measures_its_scale_and_reports():
     assert report["config"]["training"]["beta"] == 1e-6 and report["config"]["resolution"] == 64
     with pytest.raises(ValueError, match="bogus"):
         vae_images.train_model(steps=1, bogus=1)
+
+
+def test_shipped_autoencoder_reconstructs_held_out_renders_with_unit_variance_latents():
+    """The zoo's vae_shapeworld: 64x64 -> 16x16x4, the manifest's figures hold on fresh held-out renders."""
+    from handbook import shapeworld, vae_images, zoo
+
+    model = zoo.load("vae_shapeworld")
+    meta = zoo.manifest("vae_shapeworld")
+    assert model.config.downsampling == 4 and model.scale_factor.item() == pytest.approx(meta["metrics"]["scale_factor"])
+    renders = shapeworld.load_images("val", n=64, resolution=64, seed=0).images          # not the PSNR's test renders
+    from handbook.metrics import psnr
+    assert psnr(vae_images.reconstruct(model, renders), renders).median().item() >= 30.0   # the issue's bar
+    with torch.no_grad():
+        latents = model.encode(renders * 2 - 1).mode() * model.scale_factor            # (64, 4, 16, 16)
+    assert latents.shape == (64, 4, 16, 16) and latents.std().item() == pytest.approx(1.0, abs=0.1)
