@@ -60,8 +60,7 @@ def encode_latents(autoencoder: Autoencoder, images: torch.Tensor, batch_size: i
     """images (N, 3, H, W) in [0, 1] -> scaled latents (N, L, H/f, W/f): the posterior means times the
     autoencoder's scale factor, what the denoiser learns to generate."""
     autoencoder.eval()
-    out = [autoencoder.encode(images[i:i + batch_size] * 2 - 1).mode() for i in range(0, len(images), batch_size)]
-    return torch.cat(out) * autoencoder.scale_factor
+    return autoencoder.encode_means(images * 2 - 1, batch_size) * autoencoder.scale_factor
 
 
 @torch.no_grad()

@@ -246,10 +246,16 @@ class Autoencoder(nn.Module):
         return self.decode(posterior.sample(generator)), posterior
 
     @torch.no_grad()
+    def encode_means(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """The posterior means (N, L, H/f, W/f) of many images x (N, C_in, H, W) in [-1, 1], a batch at
+        a time: the latents to reconstruct from, or to scale and diffuse."""
+        return torch.cat([self.encode(x[i:i + batch_size]).mode() for i in range(0, len(x), batch_size)])
+
+    @torch.no_grad()
     def set_scale_factor(self, images: torch.Tensor, batch_size: int = 256) -> float:
         """scale_factor = 1 / std of the posterior means of ``images`` (Rombach et al., section G):
         computed from the data, stored with the weights; returns it."""
-        means = torch.cat([self.encode(images[i:i + batch_size]).mode() for i in range(0, len(images), batch_size)])
+        means = self.encode_means(images, batch_size)
         self.scale_factor.fill_(1.0 / means.flatten().std().item())
         return self.scale_factor.item()
 
