@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from handbook import checks, diffusion, dit, metrics, shapeworld, zoo
 from handbook.dit import DiT, DiTConfig, generate
@@ -170,15 +171,36 @@ def evaluate(model: DiT, n: int = EVAL_IMAGES, steps: int = 50, guidance_scale: 
     (``view``: over the prompts whose object shows its view, i.e. not spheres, see
     ``judge.shows_its_view``), and the FID against ``fid_reference`` real test renders; ``seconds`` is
     the sampling time."""
+    return evaluate_sampler(
+        lambda prompts: sample(model, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                               progress=progress),
+        n=n, fid_reference=fid_reference, judge=judge)
+
+
+def evaluate_sampler(sampler, n: int = EVAL_IMAGES, fid_reference: int = 2000, judge=None,
+                     resolution: int = RESOLUTION) -> dict[str, float]:
+    """``evaluate`` for any text-to-image sampler: ``sampler(prompts) -> (n, 3, resolution, resolution)``
+    in [0, 1] (chapter 7's 64x64 latent model too). Images of another size than the judge's 32x32 are
+    taken to it by an area average, and so are the real renders of the FID reference."""
     judge = zoo.load("judge") if judge is None else judge
     prompts = balanced_prompts(n)
     want = _labels_of(prompts)
     start = time.perf_counter()
-    images = sample(model, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed, progress=progress)
+    images = sampler(prompts)
+    checks.tensor("sampler(prompts)", images, "N C H W", N=n, C=3, H=resolution, W=resolution)
     seconds = time.perf_counter() - start
-    reference = shapeworld.load_images("test", n=fid_reference, resolution=RESOLUTION, seed=0).images
+    images = for_the_judge(images)
+    reference = for_the_judge(shapeworld.load_images("test", n=fid_reference, resolution=resolution, seed=0).images)
     return {**_judged(images, want, judge), "fid": metrics.shapeworld_fid(images, reference, judge=judge),
             "n": n, "seconds": seconds}
+
+
+def for_the_judge(images: torch.Tensor) -> torch.Tensor:
+    """Images (N, 3, R, R) in [0, 1] -> (N, 3, 32, 32), the judge's size: an area average of R/32 x R/32
+    pixels when R is a multiple of 32 (a 64x64 render becomes nearly the 32x32 render of the scene)."""
+    if images.shape[-1] == RESOLUTION:
+        return images
+    return F.interpolate(images, size=(RESOLUTION, RESOLUTION), mode="area").clamp(0.0, 1.0)
 
 
 def _judged(images: torch.Tensor, want: dict[str, torch.Tensor], judge) -> dict[str, float]:
@@ -200,12 +222,15 @@ def _labels_of(prompts: list[str]) -> dict[str, torch.Tensor]:
             for k, names in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES), ("view", VIEWS))}
 
 
-def real_reference(n: int = EVAL_IMAGES, fid_reference: int = 2000, judge=None) -> dict[str, float]:
+def real_reference(n: int = EVAL_IMAGES, fid_reference: int = 2000, judge=None,
+                   resolution: int = RESOLUTION) -> dict[str, float]:
     """The yardstick for ``evaluate``: n real validation renders (not the FID reference's test renders)
-    judged and scored the same way. A FID from n images is biased upwards; this is its floor at that n."""
+    judged and scored the same way, rendered at ``resolution`` and taken to the judge's size as
+    ``evaluate_sampler`` takes samples. A FID from n images is biased upwards; this is its floor at that n."""
     judge = zoo.load("judge") if judge is None else judge
-    data = shapeworld.load_images("val", n=n, resolution=RESOLUTION, seed=0)
+    data = shapeworld.load_images("val", n=n, resolution=resolution, seed=0)
     want = {"shape": data.shape, "colour": data.colour, "size": data.size, "view": data.view}
-    reference = shapeworld.load_images("test", n=fid_reference, resolution=RESOLUTION, seed=0).images
-    return {**_judged(data.images, want, judge),
-            "fid": metrics.shapeworld_fid(data.images, reference, judge=judge), "n": n}
+    images = for_the_judge(data.images)
+    reference = for_the_judge(shapeworld.load_images("test", n=fid_reference, resolution=resolution, seed=0).images)
+    return {**_judged(images, want, judge),
+            "fid": metrics.shapeworld_fid(images, reference, judge=judge), "n": n}

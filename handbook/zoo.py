@@ -113,6 +113,11 @@ SHIPPED = (
              "Chapter 7: KL autoencoder (AutoencoderKL's architecture, levels of 16, 32, 64 channels) of 64x64 "
              "ShapeWorld renders into 16x16x4 latents (f = 4), L1 + 1e-6 KL, with its latent scale factor",
              builder="handbook.vae_images:build", trainer="handbook.vae_images:train_model"),
+    ZooEntry("ldm_shapeworld",
+             "Chapter 7: latent diffusion at 64x64: chapter 6's DiT (adaLN-Zero, patches of 2) on the scaled 16x16x4 "
+             "latents of vae_shapeworld, captions with views, the empty caption for guidance, linear schedule "
+             "T=1000; chapter 8's fine prior",
+             builder="handbook.ldm:build", trainer="handbook.ldm:train_model"),
     # Chapter 5's exercises compare section 3's 2D model with these (given, not the exercise; seconds each).
     ZooEntry("ddpm2d_x0",
              "Chapter 5, exercise 1: 2D DDPM (MLP) on the five outlines that predicts x0 instead of the noise, "
