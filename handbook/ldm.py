@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from handbook import diffusion, dit, shapeworld, zoo
+from handbook import checks, diffusion, dit, shapeworld, zoo
 from handbook.dit import DiT, DiTConfig
 from handbook.dit_images import EVAL_IMAGES, TrainingConfig, evaluate_sampler, train_on_captions
 from handbook.training import mean_of_last, replace_config, torch_threads
@@ -44,6 +44,13 @@ def denoiser_config(**overrides: Any) -> DiTConfig:
     """Chapter 6's shipped DiT, on 16x16x4 latents with patches of 2 (64 tokens)."""
     return DiTConfig.shapeworld(**{"input_size": 16, "in_channels": 4, "out_channels": 4, "patch_size": 2,
                                    **overrides})
+
+
+def pixel_twin_config(**overrides: Any) -> DiTConfig:
+    """The same denoiser on 64x64x3 pixels (patches of 2 as well, so 1,024 tokens): what latent
+    diffusion saves. Its parameter count differs only in the patch embedding and the output layer
+    (3 instead of 4 channels), a few hundred weights of 1.7 M."""
+    return denoiser_config(**{"input_size": RESOLUTION, "in_channels": 3, "out_channels": 3, **overrides})
 
 
 def build(config: dict[str, Any] | None = None) -> DiT:
@@ -76,6 +83,41 @@ def generate(prompts: list[str], model: DiT | None = None, autoencoder: Autoenco
     return dit.generate(prompts, model, schedule=noise_schedule(), steps=steps, guidance_scale=guidance_scale,
                         generator=generator, progress=progress, clip_x0=False,
                         decode=lambda z: autoencoder.decode(z / autoencoder.scale_factor))
+
+
+@torch.no_grad()
+def step_cost(batch_size: int = 8, repeats: int = 5, threads: int = 1) -> dict[str, dict[str, float]]:
+    """One denoising step (a forward pass of the denoiser, captions included) on a batch of 64x64 images,
+    in latent space (16x16x4, ``denoiser_config``) and in pixel space (``pixel_twin_config``), measured
+    in one run on ``threads`` threads: {"latent": ..., "pixel": ...} each with "seconds" (median of
+    ``repeats``), "parameters" and "tokens"; and "decode" (one decode of the batch, once per sample)."""
+    checks.positive_int("batch_size", batch_size)
+    checks.positive_int("repeats", repeats)
+    generator = torch.Generator().manual_seed(0)
+    ids = shapeworld.encode_prompts(["a large red cube seen from above"] * batch_size)
+    t = torch.full((batch_size,), 500)
+    results = {}
+    with torch_threads(threads):
+        for name, config in (("latent", denoiser_config()), ("pixel", pixel_twin_config())):
+            model = DiT(config, generator=generator).eval()
+            x = torch.randn(batch_size, config.in_channels, config.input_size, config.input_size, generator=generator)
+            seconds = _median_seconds(lambda: model(x, t, ids), repeats)
+            results[name] = {"seconds": seconds, "parameters": sum(p.numel() for p in model.parameters()),
+                             "tokens": (config.input_size // config.patch_size) ** 2}
+        autoencoder = zoo.load(AUTOENCODER).eval()
+        z = torch.randn(batch_size, autoencoder.config.latent_channels, 16, 16, generator=generator)
+        results["decode"] = {"seconds": _median_seconds(lambda: autoencoder.decode(z), repeats)}
+    return results
+
+
+def _median_seconds(call, repeats: int) -> float:
+    call()                                                                     # warm-up: allocations, kernels
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def train_model(seed: int = 0, steps: int = DEFAULT_STEPS, progress: bool = True, evaluate_after: bool = True,

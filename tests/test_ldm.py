@@ -55,3 +55,48 @@ def test_the_recipe_trains_on_latents():
     assert report["steps"] == 2 and report["config"]["autoencoder"] == "vae_shapeworld"
     assert report["config"]["model"]["in_channels"] == 4 and report["config"]["model"]["input_size"] == 16
     assert report["metrics"]["latent_std"] > 0 and len(report["history"].losses) == 2
+
+
+def test_the_recipe_reports_the_judged_evaluation(monkeypatch):
+    seen = {}
+
+    def fake_evaluate(model, autoencoder, n, guidance_scale, seed, progress):
+        seen.update(n=n, guidance=guidance_scale, autoencoder=autoencoder)
+        return {"recognition": 0.5, "fid": 12.0}
+
+    monkeypatch.setattr(ldm, "evaluate", fake_evaluate)
+    autoencoder = _autoencoder()
+    report = ldm.train_model(steps=1, progress=False, config=SMALL_DIT, autoencoder=autoencoder,
+                             n_train=8, batch_size=4, warmup=1, eval_images=6)
+    assert seen == {"n": 6, "guidance": ldm.DEFAULT_GUIDANCE, "autoencoder": autoencoder}
+    assert report["metrics"]["ddim50_recognition"] == 0.5 and report["metrics"]["ddim50_fid"] == 12.0
+
+
+def test_the_evaluation_judges_64x64_samples_at_32x32():
+    autoencoder = _autoencoder()
+    model = DiT(ldm.denoiser_config(**SMALL_DIT), generator=_gen(1))
+    scores = ldm.evaluate(model, autoencoder, n=4, steps=1, fid_reference=8)
+    assert set(scores) >= {"recognition", "shape", "colour", "size", "view", "fid", "n", "seconds"}
+    assert scores["n"] == 4 and 0 <= scores["recognition"] <= 1 and scores["fid"] > 0
+
+
+def test_real_64x64_renders_taken_to_32x32_are_read_as_their_captions_say():
+    from handbook import dit_images
+
+    real = dit_images.real_reference(n=60, fid_reference=200, resolution=64)
+    assert real["recognition"] >= 0.95 and real["view"] >= 0.9
+
+
+def test_a_sampler_of_the_wrong_size_is_refused():
+    from handbook import dit_images
+
+    with pytest.raises(ValueError, match=r"sampler\(prompts\).*H=64"):
+        dit_images.evaluate_sampler(lambda prompts: torch.zeros(len(prompts), 3, 32, 32), n=2, resolution=64)
+
+
+def test_a_latent_step_is_many_times_cheaper_than_a_pixel_step():
+    cost = ldm.step_cost(batch_size=1, repeats=1)
+    latent, pixel = cost["latent"], cost["pixel"]
+    assert (latent["tokens"], pixel["tokens"]) == (64, 1024)
+    assert abs(latent["parameters"] - pixel["parameters"]) < 0.001 * latent["parameters"]   # equal size
+    assert latent["seconds"] > 0 and pixel["seconds"] > 0 and cost["decode"]["seconds"] > 0

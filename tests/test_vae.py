@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from handbook import vae_images
 from handbook.vae import Autoencoder, AutoencoderConfig, DiagonalGaussian, vae_loss
 
 
@@ -127,8 +128,6 @@ def test_bad_input_names_the_argument(make, match):
 
 
 def test_the_shapeworld_recipe_trains_measures_its_scale_and_reports():
-    from handbook import vae_images
-
     report = vae_images.train_model(steps=2, progress=False, n_train=32, batch_size=4, eval_images=8,
                                     scale_images=16, threads=1, config={"channels": (8, 16, 16), "groups": 4})
     model, m = report["model"], report["metrics"]
@@ -153,3 +152,27 @@ def test_shipped_autoencoder_reconstructs_held_out_renders_with_unit_variance_la
     with torch.no_grad():
         latents = model.encode(renders * 2 - 1).mode() * model.scale_factor            # (64, 4, 16, 16)
     assert latents.shape == (64, 4, 16, 16) and latents.std().item() == pytest.approx(1.0, abs=0.1)
+
+
+def test_the_latent_size_study_reads_its_cache_and_retrains_what_changed(tmp_path, monkeypatch):
+    import json
+
+    cache = tmp_path / "sizes.json"
+    cached = {"psnr_db": 31.0, "psnr_db_mean": 30.5, "scale_factor": 0.5, "channels": [16, 32], "steps": 3000,
+              "minutes": 25.0, "latent_shape": [4, 32, 32], "parameters": 1}
+    cache.write_text(json.dumps({"2": cached, "8": {**cached, "channels": [16, 32, 64]}}))
+    trained = []
+
+    def fake_train(steps, progress, config):
+        trained.append(config["channels"])
+        model = vae_images.build(vae_images.model_config(channels=config["channels"]).to_dict())
+        return {"model": model, "seconds": 60.0,
+                "metrics": {"psnr_db": 20.0, "psnr_db_mean": 19.0, "scale_factor": 1.0}}
+
+    monkeypatch.setattr(vae_images, "train_model", fake_train)
+    runs = vae_images.latent_size_study((2, 8), cache=cache)
+    assert trained == [(16, 32, 64, 128)]                      # f = 2 read; f = 8's levels changed: retrained
+    assert runs[2] == cached and runs[8]["latent_shape"] == [4, 8, 8] and runs[8]["minutes"] == 1.0
+    assert json.loads(cache.read_text())["8"]["psnr_db"] == 20.0
+    with pytest.raises(ValueError, match="factors"):
+        vae_images.latent_size_study((3,), cache=cache)

@@ -408,6 +408,53 @@ def bench_vae(repeats: int) -> list[Result]:
                f"measured on training renders (1 means it holds beyond them)"),
         result("ch7.vae_training_minutes", [manifest["seconds"] / 60], "min", "<= 30",
                f"from the shipped manifest ({manifest['command']}, {manifest['torch_threads']} thread)"),
+        *(result(f"ch7.vae_psnr_db_f{f}", [run["psnr_db"]], "dB", "",
+                 f"the same recipe at f = {f} (levels {tuple(run['channels'])}, latents "
+                 f"{'x'.join(map(str, run['latent_shape']))}, {run['parameters'] / 1e6:.2f} M parameters, "
+                 f"{run['minutes']:.1f} min); the LDM paper's KL-f{f} on ImageNet: {vae_images.PAPER_PSNR_DB[f]} dB "
+                 f"(f = 4: {vae_images.PAPER_PSNR_DB[4]} dB)")
+          for f, run in vae_images.latent_size_study((2, 8), cache=VAE_SIZES_CACHE).items()),
+    ]
+
+
+VAE_SIZES_CACHE = OUT_DIR / "vae_sizes.json"  # the f = 2 and f = 8 autoencoders' figures (25 min each to retrain)
+
+
+def bench_ldm(repeats: int) -> list[Result]:
+    """Chapter 7: the shipped latent diffusion model sampled for balanced prompts and judged at 32x32;
+    one denoising step in latent against pixel space."""
+    from handbook import dit_images, ldm, zoo
+
+    manifest = zoo.manifest(ldm.NAME)
+    n = ldm.EVAL_IMAGES
+    ours = ldm.evaluate(n=n)
+    real = dit_images.real_reference(n=n, resolution=ldm.RESOLUTION)
+    cost = [ldm.step_cost() for _ in range(repeats)]
+    speedups = [c["pixel"]["seconds"] / c["latent"]["seconds"] for c in cost]
+    one = cost[len(cost) // 2]
+    return [
+        result("ch7.recognition", [ours["recognition"]], "fraction", ">= 0.9",
+               f"{n} DDIM-50 64x64 samples (guidance {ldm.DEFAULT_GUIDANCE:g}) taken to 32x32 by an area average, "
+               f"prompts balanced over the 60 classes and the 3 views: the judge reads shape, colour and size "
+               f"(shape {ours['shape']:.3f}, colour {ours['colour']:.3f}, size {ours['size']:.3f}); "
+               f"real 64x64 renders the same way: {real['recognition']:.3f}"),
+        result("ch7.view_recognition", [ours["view"]], "fraction", ">= 0.8",
+               f"the same samples' views (spheres left out); real renders: {real['view']:.3f}"),
+        result("ch7.fid", [ours["fid"]], "", "",
+               f"ShapeWorld FID of those {n} samples against 2,000 test renders, both at 64x64 taken to 32x32"),
+        result("ch7.real_fid", [real["fid"]], "", "", f"the yardstick: {n} real validation renders the same way"),
+        result("ch7.sampling_seconds", [ours["seconds"]], "s", "",
+               f"DDIM-50 with guidance and one decode, {n} images, one thread"),
+        result("ch7.ldm_training_minutes", [(manifest["seconds"] + manifest["data_seconds"]) / 60], "min", "<= 90",
+               f"from the shipped manifest ({manifest['command']}, {manifest['torch_threads']} thread): "
+               f"{manifest['steps']:,} steps in {manifest['seconds'] / 60:.1f} min after rendering and encoding the "
+               f"{manifest['config']['training']['n_train']:,} training renders in {manifest['data_seconds'] / 60:.1f} min"),
+        result("ch7.latent_step_speedup", speedups, "x", ">= 8",
+               f"one denoising step on 8 images at 64x64, one thread: the same DiT (patches of 2) on 16x16x4 "
+               f"latents ({one['latent']['tokens']} tokens, {one['latent']['parameters']:,} parameters, "
+               f"{one['latent']['seconds'] * 1000:.0f} ms) against 64x64x3 pixels ({one['pixel']['tokens']} "
+               f"tokens, {one['pixel']['parameters']:,} parameters, {one['pixel']['seconds'] * 1000:.0f} ms), "
+               f"both in one run; the decode, once per sample: {one['decode']['seconds'] * 1000:.0f} ms"),
     ]
 
 
@@ -469,7 +516,7 @@ def bench_layout(repeats: int) -> list[Result]:
 
 MODELS_NOT_FOR_THE_ZOO = ("attention", "transformer", "vit", "unet", "diffusion", "ddpm2d", "ddpm_images",
                           "judge", "denoising", "classification", "embeddings", "language", "dit", "caption_encoder",
-                          "dit_images", "dit_study")
+                          "dit_images", "dit_study", "vae", "vae_images", "ldm")
 
 
 PARTS: dict[str, Callable[[int], list[Result]]] = {
@@ -482,6 +529,7 @@ PARTS: dict[str, Callable[[int], list[Result]]] = {
     "dit": bench_dit,
     "dit_study": bench_dit_study,
     "vae": bench_vae,
+    "ldm": bench_ldm,
     "notebooks": bench_notebooks,
     "grading": bench_grading,
     "suite": bench_suite,
