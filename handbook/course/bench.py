@@ -371,23 +371,32 @@ def bench_dit(repeats: int) -> list[Result]:
     n = dit_images.EVAL_IMAGES
     ours = dit_images.evaluate(model, n=n)
     real = dit_images.real_reference(n=n)
-    scale = dit_images.DEFAULT_GUIDANCE
     return [
-        result("ch6.recognition", [ours["recognition"]], "fraction", ">= 0.9",
-               f"{n} DDIM-50 samples, guidance {scale:g}, prompts balanced over the 60 shape x colour x size "
-               f"classes and the 3 views: the judge reads the prompt's shape, colour and size "
-               f"(shape {ours['shape']:.3f}, colour {ours['colour']:.3f}, size {ours['size']:.3f})"),
-        result("ch6.view_recognition", [ours["view"]], "fraction", ">= 0.8",
-               f"the same samples, the judge reads the prompt's view (spheres left out: no render shows "
-               f"their view); real renders: {real['view']:.3f}"),
-        result("ch6.fid", [ours["fid"]], "", "", f"ShapeWorld FID of those {n} samples against 2,000 test renders"),
-        result("ch6.real_fid", [real["fid"]], "", "",
-               f"the yardstick: {n} real validation renders against the same 2,000 (a FID from {n} images "
-               f"is biased upwards); their recognition {real['recognition']:.3f}"),
-        result("ch6.sampling_seconds", [ours["seconds"]], "s", "", f"DDIM-50 with guidance, {n} images, one thread"),
+        *_caption_following_rows("ch6", ours, real, f"{n} DDIM-50 samples, guidance {dit_images.DEFAULT_GUIDANCE:g}",
+                                 "DDIM-50 with guidance"),
         result("ch6.training_minutes", [manifest["seconds"] / 60], "min", "<= 90",
                f"from the shipped manifest ({manifest['command']}, {manifest['steps']} steps, "
                f"{manifest['torch_threads']} thread)"),
+    ]
+
+
+def _caption_following_rows(chapter: str, ours: dict, real: dict, samples: str, sampler: str) -> list[Result]:
+    """Chapters 6 and 7: how a text-to-image model follows balanced prompts (``dit_images.evaluate_sampler``)
+    beside real renders judged the same way (``dit_images.real_reference``)."""
+    n = ours["n"]
+    return [
+        result(f"{chapter}.recognition", [ours["recognition"]], "fraction", ">= 0.9",
+               f"{samples}, prompts balanced over the 60 shape x colour x size classes and the 3 views: the judge "
+               f"reads the prompt's shape, colour and size (shape {ours['shape']:.3f}, colour {ours['colour']:.3f}, "
+               f"size {ours['size']:.3f}); real renders: {real['recognition']:.3f}"),
+        result(f"{chapter}.view_recognition", [ours["view"]], "fraction", ">= 0.8",
+               f"the same samples, the judge reads the prompt's view (spheres left out: no render shows "
+               f"their view); real renders: {real['view']:.3f}"),
+        result(f"{chapter}.fid", [ours["fid"]], "", "", f"ShapeWorld FID of those {n} samples against 2,000 test renders"),
+        result(f"{chapter}.real_fid", [real["fid"]], "", "",
+               f"the yardstick: {n} real validation renders against the same 2,000 (a FID from {n} images "
+               f"is biased upwards)"),
+        result(f"{chapter}.sampling_seconds", [ours["seconds"]], "s", "", f"{sampler}, {n} images, one thread"),
     ]
 
 
@@ -433,18 +442,9 @@ def bench_ldm(repeats: int) -> list[Result]:
     speedups = [c["pixel"]["seconds"] / c["latent"]["seconds"] for c in cost]
     one = cost[len(cost) // 2]
     return [
-        result("ch7.recognition", [ours["recognition"]], "fraction", ">= 0.9",
-               f"{n} DDIM-50 64x64 samples (guidance {ldm.DEFAULT_GUIDANCE:g}) taken to 32x32 by an area average, "
-               f"prompts balanced over the 60 classes and the 3 views: the judge reads shape, colour and size "
-               f"(shape {ours['shape']:.3f}, colour {ours['colour']:.3f}, size {ours['size']:.3f}); "
-               f"real 64x64 renders the same way: {real['recognition']:.3f}"),
-        result("ch7.view_recognition", [ours["view"]], "fraction", ">= 0.8",
-               f"the same samples' views (spheres left out); real renders: {real['view']:.3f}"),
-        result("ch7.fid", [ours["fid"]], "", "",
-               f"ShapeWorld FID of those {n} samples against 2,000 test renders, both at 64x64 taken to 32x32"),
-        result("ch7.real_fid", [real["fid"]], "", "", f"the yardstick: {n} real validation renders the same way"),
-        result("ch7.sampling_seconds", [ours["seconds"]], "s", "",
-               f"DDIM-50 with guidance and one decode, {n} images, one thread"),
+        *_caption_following_rows("ch7", ours, real, f"{n} DDIM-50 64x64 samples, guidance {ldm.DEFAULT_GUIDANCE:g}, "
+                                 f"taken to 32x32 by an area average as the real 64x64 renders and the FID's",
+                                 "DDIM-50 with guidance and one decode"),
         result("ch7.ldm_training_minutes", [(manifest["seconds"] + manifest["data_seconds"]) / 60], "min", "<= 90",
                f"from the shipped manifest ({manifest['command']}, {manifest['torch_threads']} thread): "
                f"{manifest['steps']:,} steps in {manifest['seconds'] / 60:.1f} min after rendering and encoding the "
