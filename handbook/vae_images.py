@@ -155,8 +155,9 @@ def latent_size_study(factors: tuple[int, ...] = (2, 8), cache: str | Path | Non
                    "channels": channels, "steps": steps, "minutes": report["seconds"] / 60,
                    "latent_shape": [model.config.latent_channels, side, side],
                    "parameters": sum(p.numel() for p in model.parameters())}
-            done[str(f)] = run
-            if path is not None:
+            if path is not None:   # read again: another process may have added a factor meanwhile
+                done = json.loads(path.read_text()) if path.exists() else {}
+                done[str(f)] = run
                 path.write_text(json.dumps(done, indent=2) + "\n")
         results[f] = run
     return results
