@@ -158,7 +158,7 @@ def test_the_latent_size_study_reads_its_cache_and_retrains_what_changed(tmp_pat
     import json
 
     cache = tmp_path / "sizes.json"
-    cached = {"psnr_db": 31.0, "psnr_db_mean": 30.5, "scale_factor": 0.5, "channels": [16, 32], "steps": 3000,
+    cached = {"psnr_db": 31.0, "psnr_db_mean": 30.5, "scale_factor": 0.5, "channels": [16, 32], "steps": 1000,
               "minutes": 25.0, "latent_shape": [4, 32, 32], "parameters": 1}
     cache.write_text(json.dumps({"2": cached, "8": {**cached, "channels": [16, 32, 64]}}))
     trained = []
