@@ -124,14 +124,14 @@ class LabAutoencoder(nn.Module):
 
     It has ``handbook.vae.Autoencoder``'s interface (``encode`` -> ``DiagonalGaussian``, ``decode``,
     ``forward(x, generator)`` -> (x_hat, posterior), so ``vae.vae_loss`` trains it) without its
-    ResBlocks, GroupNorms and attention: one 3x3 convolution, then one stride-2 4x4 convolution per
-    level (SiLU between), 1x1 convolutions to the moments and back from the latent, and transposed
-    convolutions up. Ten times faster a step than the shipped architecture at 16x16, which is what a
+    ResBlocks, GroupNorms and attention: one 3x3 convolution (the stem), then one stride-2 4x4
+    convolution per level (SiLU between), 1x1 convolutions to the moments and back from the latent,
+    and transposed convolutions up. Ten times faster a step than the shipped architecture at 16x16, which is what a
     lab of many autoencoders trained in seconds needs. ``DiagonalGaussian`` works on 2D maps, so a 3D
     latent travels flattened to (B, L, r, r^2); ``encode`` flattens it and ``decode`` takes either."""
 
     def __init__(self, in_channels: int = 3, latent_channels: int = 4, levels: int = 2, width: int = 16,
-                 dims: int = 2, generator: torch.Generator | None = None):
+                 dims: int = 2, stem: bool = True, generator: torch.Generator | None = None):
         super().__init__()
         checks.positive_ints(in_channels=in_channels, latent_channels=latent_channels, levels=levels, width=width)
         checks.choice("dims", dims, (2, 3))
@@ -139,14 +139,19 @@ class LabAutoencoder(nn.Module):
         self.register_buffer("scale_factor", torch.tensor(1.0))
         Conv, ConvT = (nn.Conv2d, nn.ConvTranspose2d) if dims == 2 else (nn.Conv3d, nn.ConvTranspose3d)
         widths = [width * 2 ** min(i, 2) for i in range(levels + 1)]          # at most 4 x width
-        down = [Conv(in_channels, widths[0], 3, padding=1), nn.SiLU()]
+        # stem: a 3x3 convolution at full resolution on the way in and out. Without it (stem=False, what 3D
+        # grids want: a full-resolution 3D convolution costs most of a step) the first and last layers are
+        # the stride-2 ones, straight from and to the input's channels.
+        down = [Conv(in_channels, widths[0], 3, padding=1), nn.SiLU()] if stem else []
         for i in range(levels):
-            down += [Conv(widths[i], widths[i + 1], 4, stride=2, padding=1), nn.SiLU()]   # halve each side
+            down += [Conv(widths[i] if (stem or i) else in_channels, widths[i + 1], 4, stride=2, padding=1), nn.SiLU()]
         self.encoder = nn.Sequential(*down, Conv(widths[-1], 2 * latent_channels, 1))      # [mean, log-variance]
         up = [Conv(latent_channels, widths[-1], 1), nn.SiLU()]
         for i in reversed(range(levels)):
-            up += [ConvT(widths[i + 1], widths[i], 4, stride=2, padding=1), nn.SiLU()]    # double each side
-        self.decoder = nn.Sequential(*up, Conv(widths[0], in_channels, 3, padding=1))
+            last = i == 0 and not stem
+            up += [ConvT(widths[i + 1], in_channels if last else widths[i], 4, stride=2, padding=1)]  # double each side
+            up += [] if last else [nn.SiLU()]
+        self.decoder = nn.Sequential(*up, *([Conv(widths[0], in_channels, 3, padding=1)] if stem else []))
         if generator is not None:
             with torch.no_grad():
                 for m in self.modules():
