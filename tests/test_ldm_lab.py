@@ -97,6 +97,17 @@ def test_lab_autoencoder_of_grids_and_its_loss():
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_lab_autoencoder_without_a_stem_starts_and_ends_at_the_stride_2_layers(dims):
+    model = LabAutoencoder(in_channels=1, latent_channels=2, levels=2, width=4, dims=dims, stem=False,
+                           generator=torch.Generator().manual_seed(0))
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d,
+                                                          torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d))]
+    assert convs[0].stride[0] == 2 and convs[-1].stride[0] == 2 and convs[-1].out_channels == 1
+    x = torch.zeros(2, 1, *[8] * dims)
+    assert model(x)[0].shape == x.shape
+
+
 def test_lab_autoencoder_rejects_what_it_cannot_halve():
     with pytest.raises(ValueError, match="side of x"):
         LabAutoencoder(width=4, levels=2).encode(torch.zeros(1, 3, 6, 6))
