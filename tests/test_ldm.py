@@ -100,3 +100,18 @@ def test_a_latent_step_is_many_times_cheaper_than_a_pixel_step():
     assert (latent["tokens"], pixel["tokens"]) == (64, 1024)
     assert abs(latent["parameters"] - pixel["parameters"]) < 0.001 * latent["parameters"]   # equal size
     assert latent["seconds"] > 0 and pixel["seconds"] > 0 and cost["decode"]["seconds"] > 0
+
+
+def test_the_shipped_model_draws_what_balanced_prompts_ask_for():
+    """The zoo's ldm_shapeworld on the zoo's autoencoder: 64x64 images that the judge reads as asked."""
+    from handbook import dit_images, metrics, zoo
+
+    meta = zoo.manifest("ldm_shapeworld")
+    assert meta["config"]["autoencoder"] == "vae_shapeworld" and meta["config"]["model"]["input_size"] == 16
+    prompts = dit_images.balanced_prompts(60)[::5]                        # 12: every shape, colour, size, view
+    images = ldm.generate(prompts, steps=20, generator=_gen(0))
+    assert images.shape == (12, 3, 64, 64)
+    got = metrics.judge_predictions(dit_images.for_the_judge(images))
+    want = dit_images._labels_of(prompts)
+    right = (got["shape"] == want["shape"]) & (got["colour"] == want["colour"]) & (got["size"] == want["size"])
+    assert right.float().mean().item() >= 0.75, f"the judge read {right.tolist()} for {prompts}"

@@ -420,7 +420,7 @@ def bench_vae(repeats: int) -> list[Result]:
         *(result(f"ch7.vae_size_psnr_db_f{f}", [run["psnr_db"]], "dB", "",
                  f"the shipped recipe for {run['steps']:,} steps (a third of the shipped run) at f = {f}: levels "
                  f"{tuple(run['channels'])}, latents {'x'.join(map(str, run['latent_shape']))}, "
-                 f"{run['parameters'] / 1e6:.2f} M parameters, {run['minutes']:.1f} min; the LDM paper's KL-f{f} "
+                 f"{run['parameters'] / 1e6:.2f} M parameters, {run['minutes']:.1f} min of one shared thread; the LDM paper's KL-f{f} "
                  f"on ImageNet: {vae_images.PAPER_PSNR_DB[f]} dB")
           for f, run in vae_images.latent_size_study(cache=VAE_SIZES_CACHE).items()),
     ]
