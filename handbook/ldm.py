@@ -29,6 +29,7 @@ import torch
 from handbook import checks, diffusion, dit, shapeworld, zoo
 from handbook.dit import DiT, DiTConfig
 from handbook.dit_images import EVAL_IMAGES, TrainingConfig, evaluate_sampler, train_on_captions
+from handbook.metrics import median_seconds
 from handbook.training import mean_of_last, replace_config, torch_threads
 from handbook.vae import Autoencoder
 
@@ -101,23 +102,13 @@ def step_cost(batch_size: int = 8, repeats: int = 5, threads: int = 1) -> dict[s
         for name, config in (("latent", denoiser_config()), ("pixel", pixel_twin_config())):
             model = DiT(config, generator=generator).eval()
             x = torch.randn(batch_size, config.in_channels, config.input_size, config.input_size, generator=generator)
-            seconds = _median_seconds(lambda: model(x, t, ids), repeats)
+            seconds = median_seconds(lambda: model(x, t, ids), repeats)
             results[name] = {"seconds": seconds, "parameters": sum(p.numel() for p in model.parameters()),
                              "tokens": (config.input_size // config.patch_size) ** 2}
         autoencoder = zoo.load(AUTOENCODER).eval()
         z = torch.randn(batch_size, autoencoder.config.latent_channels, 16, 16, generator=generator)
-        results["decode"] = {"seconds": _median_seconds(lambda: autoencoder.decode(z), repeats)}
+        results["decode"] = {"seconds": median_seconds(lambda: autoencoder.decode(z), repeats)}
     return results
-
-
-def _median_seconds(call, repeats: int) -> float:
-    call()                                                                     # warm-up: allocations, kernels
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def train_model(seed: int = 0, steps: int = DEFAULT_STEPS, progress: bool = True, evaluate_after: bool = True,

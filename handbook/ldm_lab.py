@@ -26,9 +26,10 @@ from torch.utils._pytree import tree_flatten
 from handbook import checks
 from handbook.initialisation import fan_in_uniform_
 from handbook.shapeworld import SHAPES, SIZES, occupancy
+from handbook.shapeworld.geometry import SCENE_EXTENT
 from handbook.vae import DiagonalGaussian
 
-EXTENT = 1.4   # the grids span [-EXTENT, EXTENT]^3: the large cube's corners (0.8 sqrt 3 = 1.39) fit in any pose
+EXTENT = SCENE_EXTENT   # the grids span [-EXTENT, EXTENT]^3
 
 
 class _LiveTensors(TorchDispatchMode):

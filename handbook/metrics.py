@@ -1,4 +1,4 @@
-"""Numbers that say how good a model is: PSNR, judge accuracy and the ShapeWorld FID.
+"""Numbers that say how good a model is: PSNR, judge accuracy and the ShapeWorld FID (and how fast: ``median_seconds``).
 
 - ``psnr``: peak signal-to-noise ratio, ``10 log10(MAX^2 / MSE)`` in decibels, per image. The
   measure for reconstructions (a denoiser, an autoencoder): +6 dB means the error amplitude halved.
@@ -25,6 +25,8 @@ exact and stable, and needs no scipy.
 from __future__ import annotations
 
 import numbers
+import statistics
+import time
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,20 @@ DEFAULT_BATCH_SIZE = 500
 # largest entry) from float rounding; beyond that it is not a covariance and we say so.
 _COV_RELATIVE_TOLERANCE = 1e-6
 _IMAGES = "N 3 Hh Ww"  # what every judge-based metric reads: RGB in [0, 1], the judge's resolution
+
+
+def median_seconds(fn, repeats: int = 3, warmup: bool = True) -> float:
+    """The median wall-clock time of ``fn()`` over ``repeats`` calls, after one warm-up call (first-call
+    allocations) unless ``warmup`` is False."""
+    checks.positive_int("repeats", repeats)
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from handbook import checks, shapeworld
+from handbook.shapeworld.geometry import SCENE_EXTENT
 from handbook.shapeworld.render import (AMBIENT, BACKGROUND, COLOUR_RGB, DEFAULT_DISTANCE, DIFFUSE, LIGHT_DIRECTION,
                                         camera_frames)
 
-EXTENT = 1.4            # the field lives in [-EXTENT, EXTENT]^3: the large cube's corners (0.8 sqrt 3) fit
+EXTENT = SCENE_EXTENT   # the field lives in [-EXTENT, EXTENT]^3
 SHADINGS = ("shaded", "albedo", "textureless")
 
 

@@ -197,3 +197,15 @@ def test_shapeworld_fid_rejects_bad_input(judge):
         shapeworld_fid(good, torch.rand(4, 3, 64, 64), judge=judge)
     with pytest.raises(ValueError, match="batch_size"):
         judge_features(good, judge, batch_size=0)
+
+
+def test_median_seconds_warms_up_once_then_times_each_call():
+    from handbook.metrics import median_seconds
+
+    calls = []
+    seconds = median_seconds(lambda: calls.append(1), repeats=3)
+    assert len(calls) == 4 and 0 <= seconds < 0.1
+    median_seconds(lambda: calls.append(1), repeats=2, warmup=False)
+    assert len(calls) == 6
+    with pytest.raises(ValueError, match="repeats"):
+        median_seconds(lambda: None, repeats=0)

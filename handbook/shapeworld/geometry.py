@@ -58,6 +58,11 @@ BOUNDING_RADIUS = {
 }
 
 
+# Half the side of a cube around the origin that holds any large object in any pose (the cube's corners
+# reach 0.8 sqrt 3 = 1.39): where 3D grids of ShapeWorld objects (chapters 7 and 8) are laid out.
+SCENE_EXTENT = 1.4
+
+
 def bounding_radius(shape: str, size: str) -> float:
     """Radius of the smallest sphere around the origin that contains the object."""
     checks.choice("shape", shape, SHAPES)
